@@ -1,0 +1,1359 @@
+//! `retention.yaml`: reading, `${VAR}` expansion, profiles, and validation into typed
+//! values.
+//!
+//! Two layers, as ripgrep does with its arguments: [`raw`] is the serde model (unknown
+//! keys denied), and [`Config`] is the validated configuration of typed values: parsed
+//! periods, cron schedule, time zone, mail addresses, checked SQL identifiers. Nothing
+//! downstream sees raw strings. Validation collects every error at once, each with the
+//! file, line and column it concerns ([`ConfigErrors`]); the caller exits 2 and touches
+//! nothing.
+
+pub mod env;
+pub mod locate;
+pub mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use indexmap::IndexMap;
+use secrecy::SecretString;
+
+use crate::policy::Period;
+use crate::report::{ReportConfig, SendWhen, SmtpConfig};
+use crate::summary::{Action, Mode};
+use locate::{Location, LocationIndex};
+use raw::{RawClass, RawCondition, RawConfig, RawExists, RawProfile, RawScalar, RawStrategy};
+
+/// The embedded Koha profile (see `src/config/profiles/koha.yaml`).
+pub const KOHA_PROFILE: &str = include_str!("profiles/koha.yaml");
+
+/// The default config path, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "retention.yaml";
+
+/// One configuration error, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file (or `profile koha`) the value came from.
+    pub file: String,
+    /// Line and column, when known.
+    pub location: Option<Location>,
+    /// Dotted path of the key, e.g. `classes.circulation_history.retain`; empty for the
+    /// whole file.
+    pub path: String,
+    /// What is wrong. Never contains a secret.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some(l) => write!(f, "{}:{}:{}: ", self.file, l.line, l.column)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every error found in one configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A plain SQL identifier, checked against `^[A-Za-z_][A-Za-z0-9_]{0,62}$`: no quotes,
+/// spaces, semicolons, comments. It must still be checked against the database catalog
+/// before use ([`crate::db::Db::check_schema`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ident(String);
+
+impl Ident {
+    /// Checks `s`.
+    ///
+    /// # Errors
+    /// A message saying why `s` is not a plain SQL name (it is not echoed, since it may
+    /// be garbage).
+    pub fn new(s: &str) -> Result<Ident, String> {
+        let mut chars = s.chars();
+        let ok = s.len() <= 63
+            && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            Ok(Ident(s.to_string()))
+        } else {
+            Err("not a plain SQL name (letters, digits and _, starting with a letter or _, at most 63)".into())
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A table name, optionally schema-qualified (`action.circulation` on PostgreSQL).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    /// The schema, if qualified.
+    pub schema: Option<Ident>,
+    /// The table.
+    pub name: Ident,
+}
+
+impl TableName {
+    /// Parses `name` or `schema.name`, each part an [`Ident`].
+    ///
+    /// # Errors
+    /// Why it is not a plain (qualified) SQL name.
+    pub fn new(s: &str) -> Result<TableName, String> {
+        match s.split_once('.') {
+            Some((schema, name)) => Ok(TableName {
+                schema: Some(Ident::new(schema)?),
+                name: Ident::new(name)?,
+            }),
+            None => Ok(TableName {
+                schema: None,
+                name: Ident::new(s)?,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// The backend named by the database URL's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:`.
+    Sqlite,
+    /// `mysql:` or `mariadb:`.
+    MySql,
+    /// `postgres:` or `postgresql:`.
+    Postgres,
+}
+
+/// `database:`, validated.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The full URL, with the password from the environment or file if any.
+    pub url: SecretString,
+    /// The URL without password, safe to print.
+    pub display_url: String,
+    /// Which backend.
+    pub backend: Backend,
+}
+
+/// `schedule:`, validated.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The cron line as written (5 fields).
+    pub cron_line: String,
+    /// The parsed cron pattern (croner).
+    pub cron: croner::Cron,
+    /// The library's zone: cutoffs and fire times are computed in it.
+    pub timezone: Tz,
+}
+
+/// `safety:`, validated.
+#[derive(Debug, Clone)]
+pub struct Safety {
+    /// Enforce or dry run.
+    pub mode: Mode,
+    /// Keys per batch transaction (1..=100,000; default 1000).
+    pub batch_size: u32,
+    /// Largest share of a table one class may change in a run (default 0.5).
+    pub max_fraction: f64,
+    /// Largest clock difference between this host and the database (default 5 minutes).
+    pub max_clock_skew: Duration,
+    /// No class may retain less than this (default 7 days).
+    pub min_retention: Period,
+    /// Rounds one class may take to reach its fixed point (default 10).
+    pub max_rounds: u32,
+}
+
+/// How the age column is compared with the cutoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeType {
+    /// DATETIME holding the library's local wall time (Koha): compared with the local
+    /// cutoff, strictly.
+    Datetime,
+    /// DATE: compared with the cutoff's local date, strictly (a row on the cutoff day
+    /// is kept).
+    Date,
+    /// An instant (`timestamptz`, Evergreen): compared with the cutoff instant.
+    Timestamptz,
+}
+
+/// A class's age: the first non-NULL of `columns`.
+#[derive(Debug, Clone)]
+pub struct Age {
+    /// One or more columns, coalesced in order.
+    pub columns: Vec<Ident>,
+    /// How they compare.
+    pub kind: AgeType,
+    /// Plain words, e.g. "returned at".
+    pub meaning: String,
+}
+
+/// A literal in a condition or strategy, bound as a parameter (never pasted into SQL).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    /// Integer.
+    Int(i64),
+    /// Float.
+    Float(f64),
+    /// Text.
+    Text(String),
+}
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    /// `=`
+    Eq,
+    /// `<>`
+    Ne,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+}
+
+/// A test on one column. NULL never matches a comparison (the generated SQL is
+/// `col IS NOT NULL AND col op value`, so the condition is always true or false).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnTest {
+    /// `column op value`.
+    Compare(Ident, CmpOp, Scalar),
+    /// `column IS NULL`.
+    IsNull(Ident),
+    /// `column IS NOT NULL`.
+    NotNull(Ident),
+}
+
+impl ColumnTest {
+    /// The column tested.
+    pub fn column(&self) -> &Ident {
+        match self {
+            ColumnTest::Compare(c, ..) | ColumnTest::IsNull(c) | ColumnTest::NotNull(c) => c,
+        }
+    }
+}
+
+/// A condition on a row of a class's table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// A test on one of the row's columns.
+    Column(ColumnTest),
+    /// `[NOT] EXISTS (SELECT 1 FROM table o WHERE o.column = row.matches AND filter...)`.
+    Exists {
+        /// `NOT EXISTS` when true.
+        negated: bool,
+        /// The other table.
+        table: TableName,
+        /// Its linking column.
+        column: Ident,
+        /// The row's column it equals.
+        matches: Ident,
+        /// Tests on the other table's columns.
+        filter: Vec<ColumnTest>,
+    },
+    /// The row's column holds the anonymous patron (false when none is configured).
+    AnonymousPatron(Ident),
+}
+
+/// Why a row past its period is kept. The order is the order of counting: a row kept
+/// for several reasons counts under the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// The patron chose to keep it.
+    OptIn,
+    /// A legal hold.
+    LegalHold,
+    /// Something still out or owed.
+    Obligations,
+    /// A protected account.
+    Protected,
+}
+
+impl Reason {
+    /// All reasons, in counting order.
+    pub const ALL: [Reason; 4] = [Reason::OptIn, Reason::LegalHold, Reason::Obligations, Reason::Protected];
+
+    /// `opt_in`, `legal_hold`, `obligations`, `protected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::OptIn => "opt_in",
+            Reason::LegalHold => "legal_hold",
+            Reason::Obligations => "obligations",
+            Reason::Protected => "protected",
+        }
+    }
+}
+
+/// What anonymize writes into a column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    /// NULL.
+    SetNull,
+    /// The system's anonymous patron (Koha's `AnonymousPatron` preference), or NULL
+    /// where the preference is empty.
+    AnonymousPatron,
+    /// A fixed value.
+    SetValue(Scalar),
+}
+
+/// Rows of another table deleted with each deleted row, in the same transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dependent {
+    /// The other table.
+    pub table: TableName,
+    /// Its column holding the class's key.
+    pub column: Ident,
+}
+
+/// One validated class of records.
+#[derive(Debug, Clone)]
+pub struct ClassDef {
+    /// The name, e.g. `circulation_history`.
+    pub name: String,
+    /// Plain-language description.
+    pub description: String,
+    /// The table.
+    pub table: TableName,
+    /// Its integer primary key (batches walk it).
+    pub key: Ident,
+    /// The age.
+    pub age: Age,
+    /// The retention period.
+    pub retain: Period,
+    /// Delete or anonymize.
+    pub action: Action,
+    /// For anonymize: column strategies, in order.
+    pub anonymize: Vec<(Ident, Strategy)>,
+    /// Conditions every row of the class meets.
+    pub scope: Vec<Condition>,
+    /// Conditions making a row eligible at once, whatever its age (all must hold; empty:
+    /// never).
+    pub immediate: Vec<Condition>,
+    /// Exemptions, sorted by reason in counting order.
+    pub exempt: Vec<(Reason, Condition)>,
+    /// For delete: dependents deleted first.
+    pub delete_with: Vec<Dependent>,
+}
+
+/// Where the anonymous patron's id is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnonymousPatronSource {
+    /// The preferences table.
+    pub table: TableName,
+    /// Its name column.
+    pub name_column: Ident,
+    /// Its value column.
+    pub value_column: Ident,
+    /// The preference's name (bound as a value).
+    pub name: String,
+    /// The patrons table.
+    pub patron_table: TableName,
+    /// Its key.
+    pub patron_key: Ident,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// The library's name.
+    pub library: String,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// The schedule.
+    pub schedule: Schedule,
+    /// The guards.
+    pub safety: Safety,
+    /// The report.
+    pub report: ReportConfig,
+    /// The profile named, if any.
+    pub profile: Option<String>,
+    /// The anonymous patron's source, if the profile or file names one.
+    pub anonymous_patron: Option<AnonymousPatronSource>,
+    /// The enabled classes, profile order first, then the file's own.
+    pub classes: Vec<ClassDef>,
+}
+
+/// Reads and validates the file at `path`. Relative paths inside it (a SQLite URL, the
+/// outbox) are taken relative to the file's folder.
+///
+/// # Errors
+/// [`ConfigErrors`] with every problem found, or one error when the file cannot be read.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            location: None,
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            location: None,
+            path: String::new(),
+            message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        }])
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse_str(&text, &file, &base, &|n| std::env::var(n).ok())
+}
+
+/// Parses and validates `text`, naming `file` in errors and resolving relative paths
+/// against `base`; `lookup` reads environment variables.
+///
+/// # Errors
+/// [`ConfigErrors`] with every problem found.
+pub fn parse_str(
+    text: &str,
+    file: &str,
+    base: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut v = Validator {
+        file: file.to_string(),
+        index: LocationIndex::build(text),
+        errors: Vec::new(),
+        profile_name: None,
+        base: base.to_path_buf(),
+        lookup,
+    };
+    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        v.err("", "the file is empty: it needs at least database, schedule and profile or classes");
+        return Err(ConfigErrors(v.errors));
+    }
+    for (p, l) in v.index.duplicates.clone() {
+        v.errors.push(ConfigError {
+            file: file.to_string(),
+            location: Some(l),
+            path: p,
+            message: "duplicate key".into(),
+        });
+    }
+    let raw: RawConfig = match serde_yaml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let location = e.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            });
+            v.errors.push(ConfigError {
+                file: file.to_string(),
+                location,
+                path: String::new(),
+                message: scrub_serde_message(&e.to_string()),
+            });
+            return Err(ConfigErrors(v.errors));
+        }
+    };
+    let cfg = v.config(raw);
+    if v.errors.is_empty() {
+        cfg.ok_or_else(|| ConfigErrors(Vec::new()))
+    } else {
+        v.errors.sort_by_key(|e| e.location.map(|l| (l.line, l.column)).unwrap_or((usize::MAX, 0)));
+        Err(ConfigErrors(v.errors))
+    }
+}
+
+/// serde_yaml puts " at line L column C" into its messages; the location is printed
+/// separately.
+fn scrub_serde_message(m: &str) -> String {
+    match regex::Regex::new(r" at line \d+ column \d+") {
+        Ok(re) => re.replace_all(m, "").into_owned(),
+        Err(_) => m.to_string(),
+    }
+}
+
+struct Validator<'a> {
+    file: String,
+    index: LocationIndex,
+    errors: Vec<ConfigError>,
+    profile_name: Option<String>,
+    base: PathBuf,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        let (file, location) = if self.index.contains(path) || self.profile_name.is_none() {
+            (self.file.clone(), self.index.find(path))
+        } else if let Some(p) = &self.profile_name {
+            // A value the file does not set comes from the profile: say so, and point at
+            // the nearest place in the file (the class, if overridden there).
+            (format!("{} (from profile {p})", self.file), self.index.find(path))
+        } else {
+            (self.file.clone(), None)
+        };
+        self.errors.push(ConfigError {
+            file,
+            location,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn expand(&mut self, path: &str, s: &str) -> Option<String> {
+        match env::expand_with(s, |n| (self.lookup)(n)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn secret_from(&mut self, path: &str, env_name: Option<&str>, file: Option<&str>) -> Option<SecretString> {
+        match (env_name, file) {
+            (Some(_), Some(_)) => {
+                self.err(path, "give password_env or password_file, not both");
+                None
+            }
+            (Some(n), None) => match (self.lookup)(n) {
+                Some(v) => Some(SecretString::from(v)),
+                None => {
+                    self.err(&format!("{path}.password_env"), format!("environment variable {n} is not set"));
+                    None
+                }
+            },
+            (None, Some(f)) => {
+                let p = self.base.join(f);
+                match std::fs::read_to_string(&p) {
+                    Ok(s) => Some(SecretString::from(s.lines().next().unwrap_or("").to_string())),
+                    Err(e) => {
+                        self.err(&format!("{path}.password_file"), format!("cannot read {}: {e}", p.display()));
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let library = raw.library.clone().unwrap_or_else(|| "the library".to_string());
+        let database = self.database(raw.database.as_ref());
+        let schedule = self.schedule(raw.schedule.as_ref());
+        let safety = self.safety(raw.safety.as_ref());
+        let report = self.report(raw.report.as_ref(), &library);
+
+        let mut profile_classes: IndexMap<String, RawClass> = IndexMap::new();
+        let mut anon_raw = None;
+        match raw.profile.as_deref() {
+            None | Some("none") => {}
+            Some("koha") => match serde_yaml::from_str::<RawProfile>(KOHA_PROFILE) {
+                Ok(p) => {
+                    profile_classes = p.classes;
+                    anon_raw = p.anonymous_patron;
+                    self.profile_name = Some("koha".into());
+                }
+                Err(e) => self.err("profile", format!("embedded profile koha is invalid: {e}")),
+            },
+            Some("evergreen") => self.err("profile", "the evergreen profile is not available yet (use koha or none)"),
+            Some(other) => {
+                let msg = format!("unknown profile {:?} (use koha or none)", truncate(other));
+                self.err("profile", msg)
+            }
+        }
+        if raw.anonymous_patron.is_some() {
+            anon_raw = raw.anonymous_patron.clone();
+        }
+        let anonymous_patron = anon_raw.as_ref().and_then(|a| self.anonymous_patron(a));
+
+        // Merge: the file's class overrides the profile's field by field.
+        let mut merged: IndexMap<String, RawClass> = profile_classes;
+        for (name, c) in raw.classes.unwrap_or_default() {
+            match merged.get_mut(&name) {
+                Some(base) => merge_class(base, c),
+                None => {
+                    merged.insert(name, c);
+                }
+            }
+        }
+        if merged.is_empty() && !matches!(raw.profile.as_deref(), Some(p) if p != "none") {
+            self.err("classes", "no classes: set profile: koha, or declare classes");
+        }
+        let mut classes = Vec::new();
+        for (name, c) in merged {
+            if c.enabled == Some(false) {
+                continue;
+            }
+            if let Some(def) = self.class(&name, &c, safety.as_ref().map(|s| s.min_retention), anonymous_patron.is_some()) {
+                classes.push(def);
+            }
+        }
+
+        Some(Config {
+            source: PathBuf::from(&self.file),
+            library,
+            database: database?,
+            schedule: schedule?,
+            safety: safety?,
+            report: report?,
+            profile: raw.profile,
+            anonymous_patron,
+            classes,
+        })
+    }
+
+    fn database(&mut self, d: Option<&raw::RawDatabase>) -> Option<DatabaseConfig> {
+        let Some(d) = d else {
+            self.err("database", "missing: database.url is required");
+            return None;
+        };
+        let Some(raw_url) = d.url.as_deref() else {
+            self.err("database", "missing: database.url is required");
+            return None;
+        };
+        // A literal password in the YAML is refused: secrets come from the environment
+        // or a file. `${VAR}` in the password part is fine (it comes from the environment).
+        if let Some((_, rest)) = raw_url.split_once("://") {
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            if let Some((userinfo, _)) = authority.rsplit_once('@') {
+                if let Some((_, pw)) = userinfo.split_once(':') {
+                    if !pw.is_empty() && !(pw.starts_with("${") && pw.ends_with('}')) {
+                        self.err("database.url", "contains a password: use password_env, password_file or ${VAR}");
+                        return None;
+                    }
+                }
+            }
+        }
+        let url = self.expand("database.url", raw_url)?;
+        let password = self.secret_from("database", d.password_env.as_deref(), d.password_file.as_deref());
+        let (scheme, _) = url.split_once(':').unwrap_or((url.as_str(), ""));
+        let backend = match scheme {
+            "sqlite" => Backend::Sqlite,
+            "mysql" | "mariadb" => Backend::MySql,
+            "postgres" | "postgresql" => Backend::Postgres,
+            _ => {
+                self.err("database.url", "unknown scheme: use sqlite://, mysql:// or postgres://");
+                return None;
+            }
+        };
+        if backend == Backend::Sqlite {
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let (path, query) = path.split_once('?').unwrap_or((path, ""));
+            let p = Path::new(path);
+            let full = if p.is_absolute() || path.is_empty() || path == ":memory:" {
+                p.to_path_buf()
+            } else {
+                self.base.join(p)
+            };
+            let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+            let u = format!("sqlite://{}{q}", full.display());
+            return Some(DatabaseConfig {
+                url: SecretString::from(u.clone()),
+                display_url: u,
+                backend,
+            });
+        }
+        let mut parsed = match url::Url::parse(&url) {
+            Ok(u) => u,
+            Err(e) => {
+                self.err("database.url", format!("not a valid URL: {e}"));
+                return None;
+            }
+        };
+        if let Some(pw) = password {
+            use secrecy::ExposeSecret;
+            if parsed.set_password(Some(pw.expose_secret())).is_err() {
+                self.err("database.url", "cannot carry a password (no host)");
+                return None;
+            }
+        }
+        let full = parsed.to_string();
+        let mut shown = parsed.clone();
+        let _ = shown.set_password(None);
+        Some(DatabaseConfig {
+            url: SecretString::from(full),
+            display_url: shown.to_string(),
+            backend,
+        })
+    }
+
+    fn schedule(&mut self, s: Option<&raw::RawSchedule>) -> Option<Schedule> {
+        let s = match s {
+            Some(s) => s,
+            None => {
+                self.err("schedule", "missing: schedule.cron and schedule.timezone are required");
+                return None;
+            }
+        };
+        let tz = match s.timezone.as_deref() {
+            None => {
+                self.err("schedule", "missing: schedule.timezone (an IANA name such as America/New_York)");
+                None
+            }
+            Some(t) => match Tz::from_str(t) {
+                Ok(tz) => Some(tz),
+                Err(_) => {
+                    let m = format!("unknown time zone {:?} (use an IANA name such as America/New_York)", truncate(t));
+                    self.err("schedule.timezone", m);
+                    None
+                }
+            },
+        };
+        let cron = match s.cron.as_deref() {
+            None => {
+                self.err("schedule", "missing: schedule.cron (e.g. \"30 2 * * *\": 02:30 every day)");
+                None
+            }
+            Some(line) => {
+                let fields = line.split_whitespace().count();
+                if fields != 5 {
+                    self.err(
+                        "schedule.cron",
+                        format!("a cron line has 5 fields (minute hour day month weekday), found {fields}"),
+                    );
+                    None
+                } else {
+                    match croner::Cron::from_str(line) {
+                        Ok(c) => Some((line.to_string(), c)),
+                        Err(e) => {
+                            self.err("schedule.cron", format!("invalid cron line: {e}"));
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        let (cron_line, cron) = cron?;
+        Some(Schedule {
+            cron_line,
+            cron,
+            timezone: tz?,
+        })
+    }
+
+    fn safety(&mut self, s: Option<&raw::RawSafety>) -> Option<Safety> {
+        let default = raw::RawSafety::default();
+        let s = s.unwrap_or(&default);
+        let mut ok = true;
+        let mode = match s.mode.as_deref() {
+            None | Some("enforce") => Mode::Enforce,
+            Some("dry-run") | Some("dry_run") => Mode::DryRun,
+            Some(other) => {
+                let m = format!("unknown mode {:?} (use enforce or dry-run)", truncate(other));
+                self.err("safety.mode", m);
+                ok = false;
+                Mode::DryRun
+            }
+        };
+        let batch_size = match s.batch_size {
+            None => 1000,
+            Some(n) if (1..=100_000).contains(&n) => n as u32,
+            Some(_) => {
+                self.err("safety.batch_size", "must be between 1 and 100000");
+                ok = false;
+                1000
+            }
+        };
+        let max_fraction = match s.max_fraction {
+            None => 0.5,
+            Some(f) if f > 0.0 && f <= 1.0 => f,
+            Some(_) => {
+                self.err("safety.max_fraction", "must be greater than 0 and at most 1");
+                ok = false;
+                0.5
+            }
+        };
+        let max_clock_skew = match s.max_clock_skew.as_deref() {
+            None => Duration::from_secs(300),
+            Some(t) => match parse_duration(t) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err("safety.max_clock_skew", e);
+                    ok = false;
+                    Duration::from_secs(300)
+                }
+            },
+        };
+        let min_retention = match s.min_retention.as_deref() {
+            None => Period {
+                count: 7,
+                unit: crate::policy::PeriodUnit::Days,
+            },
+            Some(t) => match Period::parse(t) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.err("safety.min_retention", e.to_string());
+                    ok = false;
+                    Period {
+                        count: 7,
+                        unit: crate::policy::PeriodUnit::Days,
+                    }
+                }
+            },
+        };
+        let max_rounds = match s.max_rounds {
+            None => 10,
+            Some(n) if (1..=100).contains(&n) => n as u32,
+            Some(_) => {
+                self.err("safety.max_rounds", "must be between 1 and 100");
+                ok = false;
+                10
+            }
+        };
+        ok.then_some(Safety {
+            mode,
+            batch_size,
+            max_fraction,
+            max_clock_skew,
+            min_retention,
+            max_rounds,
+        })
+    }
+
+    fn report(&mut self, r: Option<&raw::RawReport>, library: &str) -> Option<ReportConfig> {
+        let default = raw::RawReport::default();
+        let r = r.unwrap_or(&default);
+        let mut ok = true;
+        let from_s = match r.from.as_deref() {
+            Some(f) => self.expand("report.from", f),
+            None => Some("Lethe <lethe@localhost>".to_string()),
+        };
+        let from = from_s.and_then(|f| match f.parse::<lettre::message::Mailbox>() {
+            Ok(m) => Some(m),
+            Err(_) => {
+                self.err("report.from", "not a mail address (e.g. \"Lethe <lethe@library.example>\")");
+                None
+            }
+        });
+        let mut to = Vec::new();
+        match &r.to {
+            None => to.push(lettre::message::Mailbox::new(
+                Some("Library director".into()),
+                lettre::Address::new("director", "localhost").ok()?,
+            )),
+            Some(list) if list.is_empty() => {
+                self.err("report.to", "needs at least one address");
+                ok = false;
+            }
+            Some(list) => {
+                for (i, a) in list.iter().enumerate() {
+                    let p = format!("report.to[{i}]");
+                    match self.expand(&p, a).map(|s| s.parse::<lettre::message::Mailbox>()) {
+                        Some(Ok(m)) => to.push(m),
+                        Some(Err(_)) => {
+                            self.err(&p, "not a mail address");
+                            ok = false;
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
+        }
+        let smtp = match &r.smtp {
+            None => None,
+            Some(s) => self.smtp(s),
+        };
+        if r.smtp.is_some() && smtp.is_none() {
+            ok = false;
+        }
+        let outbox = match r.outbox.as_deref() {
+            None => Some(self.base.join("outbox")),
+            Some(o) => self.expand("report.outbox", o).map(|o| self.base.join(o)),
+        };
+        let send = match r.send.as_deref() {
+            None | Some("always") => SendWhen::Always,
+            Some("changed") => SendWhen::Changed,
+            Some("failure") => SendWhen::Failure,
+            Some(other) => {
+                let m = format!("unknown value {:?} (use always, changed or failure)", truncate(other));
+                self.err("report.send", m);
+                ok = false;
+                SendWhen::Always
+            }
+        };
+        if !ok {
+            return None;
+        }
+        Some(ReportConfig {
+            from: from?,
+            to,
+            smtp,
+            outbox: outbox?,
+            send,
+            library: library.to_string(),
+        })
+    }
+
+    fn smtp(&mut self, s: &raw::RawSmtp) -> Option<SmtpConfig> {
+        let Some(raw_url) = s.url.as_deref() else {
+            self.err("report.smtp", "missing: report.smtp.url");
+            return None;
+        };
+        let url = self.expand("report.smtp.url", raw_url)?;
+        let parsed = match url::Url::parse(&url) {
+            Ok(u) => u,
+            Err(e) => {
+                self.err("report.smtp.url", format!("not a valid URL: {e}"));
+                return None;
+            }
+        };
+        if parsed.password().is_some() {
+            self.err("report.smtp.url", "contains a password: use report.smtp.password_env or password_file");
+            return None;
+        }
+        let tls = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.to_string());
+        let host = parsed.host_str().unwrap_or("");
+        let loopback = matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]") || host.starts_with("127.");
+        match parsed.scheme() {
+            "smtps" => {}
+            "smtp" if tls.as_deref() == Some("required") || tls.as_deref() == Some("opportunistic") => {}
+            "smtp" if loopback => {}
+            "smtp" => {
+                self.err(
+                    "report.smtp.url",
+                    "plain-text SMTP is allowed only to a loopback host: use smtps:// or ?tls=required",
+                );
+                return None;
+            }
+            _ => {
+                self.err("report.smtp.url", "unknown scheme: use smtps:// or smtp://");
+                return None;
+            }
+        }
+        let password = self.secret_from("report.smtp", s.password_env.as_deref(), s.password_file.as_deref());
+        let timeout = match s.timeout.as_deref() {
+            None => Duration::from_secs(30),
+            Some(t) => match parse_duration(t) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err("report.smtp.timeout", e);
+                    return None;
+                }
+            },
+        };
+        Some(SmtpConfig { url, password, timeout })
+    }
+
+    fn anonymous_patron(&mut self, a: &raw::RawAnonymousPatron) -> Option<AnonymousPatronSource> {
+        let p = "anonymous_patron";
+        let table = self.table(&format!("{p}.table"), a.table.as_deref())?;
+        let name_column = self.ident(&format!("{p}.name_column"), a.name_column.as_deref())?;
+        let value_column = self.ident(&format!("{p}.value_column"), a.value_column.as_deref())?;
+        let patron_table = self.table(&format!("{p}.patron_table"), a.patron_table.as_deref())?;
+        let patron_key = self.ident(&format!("{p}.patron_key"), a.patron_key.as_deref())?;
+        let Some(name) = a.name.clone() else {
+            self.err(&format!("{p}.name"), "missing");
+            return None;
+        };
+        Some(AnonymousPatronSource {
+            table,
+            name_column,
+            value_column,
+            name,
+            patron_table,
+            patron_key,
+        })
+    }
+
+    fn ident(&mut self, path: &str, s: Option<&str>) -> Option<Ident> {
+        match s {
+            None => {
+                self.err(path, "missing");
+                None
+            }
+            Some(s) => match Ident::new(s) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    self.err(path, e);
+                    None
+                }
+            },
+        }
+    }
+
+    fn table(&mut self, path: &str, s: Option<&str>) -> Option<TableName> {
+        match s {
+            None => {
+                self.err(path, "missing");
+                None
+            }
+            Some(s) => match TableName::new(s) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.err(path, e);
+                    None
+                }
+            },
+        }
+    }
+
+    fn class(&mut self, name: &str, c: &RawClass, floor: Option<Period>, has_anon: bool) -> Option<ClassDef> {
+        let p = format!("classes.{name}");
+        let before = self.errors.len();
+        if Ident::new(name).is_err() {
+            self.err(&p, "a class name is letters, digits and _");
+        }
+        let table = self.table(&format!("{p}.table"), c.table.as_deref());
+        let key = self.ident(&format!("{p}.key"), c.key.as_deref());
+        let age = match &c.age {
+            None => {
+                self.err(&p, "missing: age (columns and type)");
+                None
+            }
+            Some(a) => {
+                let cols = match a.columns.as_deref() {
+                    None | Some([]) => {
+                        self.err(&format!("{p}.age.columns"), "needs at least one column");
+                        None
+                    }
+                    Some(cols) => {
+                        let v: Vec<Option<Ident>> = cols
+                            .iter()
+                            .enumerate()
+                            .map(|(i, col)| self.ident(&format!("{p}.age.columns[{i}]"), Some(col)))
+                            .collect();
+                        v.into_iter().collect::<Option<Vec<_>>>()
+                    }
+                };
+                let kind = match a.kind.as_deref() {
+                    Some("datetime") => Some(AgeType::Datetime),
+                    Some("date") => Some(AgeType::Date),
+                    Some("timestamptz") => Some(AgeType::Timestamptz),
+                    None => {
+                        self.err(&format!("{p}.age"), "missing: type (datetime, date or timestamptz)");
+                        None
+                    }
+                    Some(other) => {
+                        let m = format!("unknown type {:?} (use datetime, date or timestamptz)", truncate(other));
+                        self.err(&format!("{p}.age.type"), m);
+                        None
+                    }
+                };
+                match (cols, kind) {
+                    (Some(columns), Some(kind)) => Some(Age {
+                        columns,
+                        kind,
+                        meaning: a.meaning.clone().unwrap_or_else(|| "dated".into()),
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        let retain = match c.retain.as_deref() {
+            None => {
+                self.err(&p, "missing: retain (e.g. \"30 days\")");
+                None
+            }
+            Some(r) => match Period::parse(r) {
+                Ok(period) => {
+                    if let Some(f) = floor {
+                        if period.min_days() < f.min_days() {
+                            self.err(
+                                &format!("{p}.retain"),
+                                format!("{period} is below the floor safety.min_retention = {f}"),
+                            );
+                        }
+                    }
+                    Some(period)
+                }
+                Err(e) => {
+                    self.err(&format!("{p}.retain"), e.to_string());
+                    None
+                }
+            },
+        };
+        let action = match c.action.as_deref() {
+            Some("delete") => Some(Action::Delete),
+            Some("anonymize") => Some(Action::Anonymize),
+            None => {
+                self.err(&p, "missing: action (delete or anonymize)");
+                None
+            }
+            Some(other) => {
+                let m = format!("unknown action {:?} (use delete or anonymize)", truncate(other));
+                self.err(&format!("{p}.action"), m);
+                None
+            }
+        };
+        let mut anonymize = Vec::new();
+        if let Some(map) = &c.anonymize {
+            for (col, strat) in map {
+                let cp = format!("{p}.anonymize.{col}");
+                let ident = self.ident(&cp, Some(col));
+                let s = match strat {
+                    RawStrategy::Name(n) if n == "set_null" => Some(Strategy::SetNull),
+                    RawStrategy::Name(n) if n == "anonymous_patron" => {
+                        if !has_anon {
+                            self.err(&cp, "anonymous_patron needs an anonymous_patron source (profile koha sets one)");
+                        }
+                        Some(Strategy::AnonymousPatron)
+                    }
+                    RawStrategy::Name(n) => {
+                        let m = format!(
+                            "unknown strategy {:?} (use set_null, anonymous_patron or {{ set_value: X }})",
+                            truncate(n)
+                        );
+                        self.err(&cp, m);
+                        None
+                    }
+                    RawStrategy::Value(v) => Some(Strategy::SetValue(scalar(&v.set_value))),
+                };
+                if let (Some(i), Some(s)) = (ident, s) {
+                    anonymize.push((i, s));
+                }
+            }
+        }
+        match action {
+            Some(Action::Anonymize) if anonymize.is_empty() && c.anonymize.is_none() => {
+                self.err(&p, "action anonymize needs anonymize: (a strategy per column)");
+            }
+            Some(Action::Delete) if c.anonymize.is_some() => {
+                self.err(&format!("{p}.anonymize"), "only for action anonymize");
+            }
+            _ => {}
+        }
+        let scope = self.conditions(&format!("{p}.scope"), c.scope.as_deref().unwrap_or(&[]), false);
+        let immediate = self.conditions(&format!("{p}.immediate"), c.immediate.as_deref().unwrap_or(&[]), false);
+        let mut exempt = Vec::new();
+        for (i, rc) in c.exempt.as_deref().unwrap_or(&[]).iter().enumerate() {
+            let ep = format!("{p}.exempt[{i}]");
+            let reason = match rc.reason.as_deref() {
+                Some("opt_in") => Some(Reason::OptIn),
+                Some("legal_hold") => Some(Reason::LegalHold),
+                Some("obligations") => Some(Reason::Obligations),
+                Some("protected") => Some(Reason::Protected),
+                None => {
+                    self.err(&ep, "missing: reason (opt_in, legal_hold, obligations or protected)");
+                    None
+                }
+                Some(other) => {
+                    let m = format!(
+                        "unknown reason {:?} (use opt_in, legal_hold, obligations or protected)",
+                        truncate(other)
+                    );
+                    self.err(&format!("{ep}.reason"), m);
+                    None
+                }
+            };
+            let cond = self.condition(&ep, rc, true);
+            if let (Some(r), Some(cd)) = (reason, cond) {
+                exempt.push((r, cd));
+            }
+        }
+        exempt.sort_by_key(|(r, _)| *r);
+        let mut delete_with = Vec::new();
+        for (i, d) in c.delete_with.as_deref().unwrap_or(&[]).iter().enumerate() {
+            let dp = format!("{p}.delete_with[{i}]");
+            let t = self.table(&format!("{dp}.table"), d.table.as_deref());
+            let col = self.ident(&format!("{dp}.column"), d.column.as_deref());
+            if let (Some(table), Some(column)) = (t, col) {
+                delete_with.push(Dependent { table, column });
+            }
+        }
+        if action == Some(Action::Anonymize) && !delete_with.is_empty() {
+            self.err(&format!("{p}.delete_with"), "only for action delete");
+        }
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(ClassDef {
+            name: name.to_string(),
+            description: c.description.clone().unwrap_or_default(),
+            table: table?,
+            key: key?,
+            age: age?,
+            retain: retain?,
+            action: action?,
+            anonymize,
+            scope: scope?,
+            immediate: immediate?,
+            exempt,
+            delete_with,
+        })
+    }
+
+    fn conditions(&mut self, path: &str, list: &[RawCondition], reason_ok: bool) -> Option<Vec<Condition>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, c) in list.iter().enumerate() {
+            match self.condition(&format!("{path}[{i}]"), c, reason_ok) {
+                Some(cd) => out.push(cd),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn condition(&mut self, path: &str, c: &RawCondition, reason_ok: bool) -> Option<Condition> {
+        if c.reason.is_some() && !reason_ok {
+            self.err(&format!("{path}.reason"), "a reason belongs only in exempt:");
+        }
+        let kinds = usize::from(c.column.is_some())
+            + usize::from(c.exists.is_some())
+            + usize::from(c.not_exists.is_some())
+            + usize::from(c.anonymous_patron.is_some());
+        if kinds != 1 {
+            self.err(path, "a condition has exactly one of column, exists, not_exists or anonymous_patron");
+            return None;
+        }
+        if let Some(col) = &c.anonymous_patron {
+            return self.ident(&format!("{path}.anonymous_patron"), Some(col)).map(Condition::AnonymousPatron);
+        }
+        if let Some(e) = c.exists.as_ref().or(c.not_exists.as_ref()) {
+            let negated = c.not_exists.is_some();
+            let ep = format!("{path}.{}", if negated { "not_exists" } else { "exists" });
+            return self.exists(&ep, e, negated);
+        }
+        self.column_test(path, c).map(Condition::Column)
+    }
+
+    fn exists(&mut self, ep: &str, e: &RawExists, negated: bool) -> Option<Condition> {
+        let table = self.table(&format!("{ep}.table"), e.table.as_deref());
+        let column = self.ident(&format!("{ep}.column"), e.column.as_deref());
+        let matches = match e.matches.as_deref() {
+            Some(m) => self.ident(&format!("{ep}.matches"), Some(m)),
+            None => Some(Ident(String::new())), // the class key, filled in by the engine
+        };
+        let mut filter = Vec::new();
+        let mut ok = true;
+        for (i, f) in e.filter.as_deref().unwrap_or(&[]).iter().enumerate() {
+            let fp = format!("{ep}.where[{i}]");
+            if f.exists.is_some() || f.not_exists.is_some() || f.anonymous_patron.is_some() || f.reason.is_some() {
+                self.err(&fp, "where: holds column tests only");
+                ok = false;
+                continue;
+            }
+            match self.column_test(&fp, f) {
+                Some(t) => filter.push(t),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(Condition::Exists {
+            negated,
+            table: table?,
+            column: column?,
+            matches: matches?,
+            filter,
+        })
+    }
+
+    fn column_test(&mut self, path: &str, c: &RawCondition) -> Option<ColumnTest> {
+        let col = self.ident(&format!("{path}.column"), c.column.as_deref())?;
+        let mut tests = Vec::new();
+        for (op, v) in [
+            (CmpOp::Eq, &c.eq),
+            (CmpOp::Ne, &c.ne),
+            (CmpOp::Gt, &c.gt),
+            (CmpOp::Ge, &c.ge),
+            (CmpOp::Lt, &c.lt),
+            (CmpOp::Le, &c.le),
+        ] {
+            if let Some(v) = v {
+                tests.push(ColumnTest::Compare(col.clone(), op, scalar(v)));
+            }
+        }
+        if c.is_null == Some(true) {
+            tests.push(ColumnTest::IsNull(col.clone()));
+        }
+        if c.not_null == Some(true) {
+            tests.push(ColumnTest::NotNull(col.clone()));
+        }
+        if c.is_null == Some(false) || c.not_null == Some(false) {
+            self.err(path, "is_null and not_null take only true");
+            return None;
+        }
+        if tests.len() != 1 {
+            self.err(path, "a column test has exactly one of eq, ne, gt, ge, lt, le, is_null, not_null");
+            return None;
+        }
+        tests.pop()
+    }
+}
+
+fn scalar(v: &RawScalar) -> Scalar {
+    match v {
+        RawScalar::Int(i) => Scalar::Int(*i),
+        RawScalar::Float(f) => Scalar::Float(*f),
+        RawScalar::Text(s) => Scalar::Text(s.clone()),
+    }
+}
+
+/// Shortens a user-given value for an error message (it may be garbage, or huge).
+fn truncate(s: &str) -> String {
+    let mut out: String = s.chars().take(40).collect();
+    if s.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}
+
+/// Overlays the file's class fields onto the profile's.
+fn merge_class(base: &mut RawClass, over: RawClass) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if over.$f.is_some() { base.$f = over.$f; } )* };
+    }
+    take!(description, enabled, table, key, age, retain, action, anonymize, scope, immediate, exempt, delete_with);
+}
+
+/// Parses a short duration such as "5 minutes", "30 seconds", "1 hour".
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let msg = || "expected a duration such as \"30 seconds\", \"5 minutes\" or \"1 hour\"".to_string();
+    let mut it = s.split_whitespace();
+    let (Some(n), Some(u), None) = (it.next(), it.next(), it.next()) else {
+        return Err(msg());
+    };
+    let n: u64 = n.parse().map_err(|_| msg())?;
+    let secs = match u.to_ascii_lowercase().as_str() {
+        "second" | "seconds" | "s" => n,
+        "minute" | "minutes" | "min" => n.saturating_mul(60),
+        "hour" | "hours" | "h" => n.saturating_mul(3600),
+        _ => return Err(msg()),
+    };
+    if secs == 0 || secs > 86_400 {
+        return Err("must be between 1 second and 24 hours".into());
+    }
+    Ok(Duration::from_secs(secs))
+}

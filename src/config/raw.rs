@@ -1,0 +1,265 @@
+//! The raw `retention.yaml` model: close to what the administrator typed, no I/O, no
+//! interpretation. Unknown keys are errors (`deny_unknown_fields`). Everything that
+//! needs checking is a string or an option here and becomes a typed value in
+//! [`super::validate`].
+
+use indexmap::IndexMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The library's name, for reports.
+    pub library: Option<String>,
+    /// Connection to the library system's database.
+    pub database: Option<RawDatabase>,
+    /// When runs happen.
+    pub schedule: Option<RawSchedule>,
+    /// Guards.
+    pub safety: Option<RawSafety>,
+    /// The emailed report.
+    pub report: Option<RawReport>,
+    /// `koha`, `evergreen` or `none`.
+    pub profile: Option<String>,
+    /// Where the system's anonymous patron is found (profiles set this).
+    pub anonymous_patron: Option<RawAnonymousPatron>,
+    /// Classes of records, by name: added to or overriding the profile's.
+    pub classes: Option<IndexMap<String, RawClass>>,
+}
+
+/// `database:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    /// `sqlite://path`, `mysql://user@host/db`, `postgres://user@host/db`; `${VAR}` allowed.
+    pub url: Option<String>,
+    /// Name of an environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Path of a file holding the password (first line).
+    pub password_file: Option<String>,
+}
+
+/// `schedule:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    /// A 5-field cron line (minute hour day-of-month month day-of-week).
+    pub cron: Option<String>,
+    /// IANA time zone name of the library.
+    pub timezone: Option<String>,
+}
+
+/// `safety:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSafety {
+    /// `enforce` or `dry-run`.
+    pub mode: Option<String>,
+    /// Rows per batch transaction.
+    pub batch_size: Option<i64>,
+    /// Largest share of a table one class may change in one run, in (0, 1].
+    pub max_fraction: Option<f64>,
+    /// Largest allowed difference between this host's clock and the database's.
+    pub max_clock_skew: Option<String>,
+    /// No retention period shorter than this is accepted.
+    pub min_retention: Option<String>,
+    /// Most rounds one class may take to reach its fixed point.
+    pub max_rounds: Option<i64>,
+}
+
+/// `report:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    /// Sender address.
+    pub from: Option<String>,
+    /// Recipients.
+    pub to: Option<Vec<String>>,
+    /// The relay.
+    pub smtp: Option<RawSmtp>,
+    /// Folder for unsent messages.
+    pub outbox: Option<String>,
+    /// `always`, `changed` or `failure`.
+    pub send: Option<String>,
+}
+
+/// `report.smtp:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    /// `smtps://user@host:465`, `smtp://user@host:587?tls=required`, `smtp://127.0.0.1:25`.
+    pub url: Option<String>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<String>,
+    /// Upper bound on one send, e.g. "30 seconds".
+    pub timeout: Option<String>,
+}
+
+/// `anonymous_patron:`: a preference row naming the patron that receives anonymized rows
+/// (Koha: `systempreferences.variable = 'AnonymousPatron'`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnonymousPatron {
+    /// Table of preferences.
+    pub table: Option<String>,
+    /// Column holding the preference's name.
+    pub name_column: Option<String>,
+    /// Column holding its value.
+    pub value_column: Option<String>,
+    /// The preference's name.
+    pub name: Option<String>,
+    /// The patrons table the value points into.
+    pub patron_table: Option<String>,
+    /// The patrons table's key.
+    pub patron_key: Option<String>,
+}
+
+/// One class of records. All fields are optional so that a class in
+/// `retention.yaml` can override a profile's class field by field.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClass {
+    /// Plain-language description for the public policy.
+    pub description: Option<String>,
+    /// `false` turns a profile's class off.
+    pub enabled: Option<bool>,
+    /// The table.
+    pub table: Option<String>,
+    /// Its integer primary key.
+    pub key: Option<String>,
+    /// The age column(s).
+    pub age: Option<RawAge>,
+    /// The retention period, e.g. "30 days".
+    pub retain: Option<String>,
+    /// `delete` or `anonymize`.
+    pub action: Option<String>,
+    /// For anonymize: column → strategy.
+    pub anonymize: Option<IndexMap<String, RawStrategy>>,
+    /// Conditions every row of the class meets (all must hold).
+    pub scope: Option<Vec<RawCondition>>,
+    /// Conditions under which a row is past its period at once, whatever its age (all
+    /// must hold).
+    pub immediate: Option<Vec<RawCondition>>,
+    /// Exemptions, each with a reason.
+    pub exempt: Option<Vec<RawCondition>>,
+    /// For delete: rows of other tables deleted first in the same transaction (tables
+    /// with no foreign key to this one).
+    pub delete_with: Option<Vec<RawDependent>>,
+}
+
+/// `age:` of a class.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAge {
+    /// One column, or several: the first non-NULL is the row's age (`COALESCE`).
+    pub columns: Option<Vec<String>>,
+    /// `datetime` (local wall time), `date`, or `timestamptz` (an instant).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// What the date means, in plain words ("returned at").
+    pub meaning: Option<String>,
+}
+
+/// A column strategy: a name, or `{ set_value: X }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawStrategy {
+    /// `set_null` or `anonymous_patron`.
+    Name(String),
+    /// `{ set_value: X }`.
+    Value(RawSetValue),
+}
+
+/// `{ set_value: X }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSetValue {
+    /// The fixed value.
+    pub set_value: RawScalar,
+}
+
+/// A scalar in a condition or strategy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawScalar {
+    /// An integer.
+    Int(i64),
+    /// A number with a fraction.
+    Float(f64),
+    /// A string.
+    Text(String),
+}
+
+/// A condition: exactly one of a column test, `exists`, `not_exists` or
+/// `anonymous_patron`; `reason` only in `exempt:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    /// In `exempt:`: `opt_in`, `legal_hold`, `obligations` or `protected`.
+    pub reason: Option<String>,
+    /// A column of the row (or, inside `exists.where`, of the other table).
+    pub column: Option<String>,
+    /// `=`.
+    pub eq: Option<RawScalar>,
+    /// `<>` (NULL does not match).
+    pub ne: Option<RawScalar>,
+    /// `>`.
+    pub gt: Option<RawScalar>,
+    /// `>=`.
+    pub ge: Option<RawScalar>,
+    /// `<`.
+    pub lt: Option<RawScalar>,
+    /// `<=`.
+    pub le: Option<RawScalar>,
+    /// `IS NULL` when true.
+    pub is_null: Option<bool>,
+    /// `IS NOT NULL` when true.
+    pub not_null: Option<bool>,
+    /// A row exists in another table linked to this one.
+    pub exists: Option<RawExists>,
+    /// No such row exists.
+    pub not_exists: Option<RawExists>,
+    /// The named column of the row is the anonymous patron.
+    pub anonymous_patron: Option<String>,
+}
+
+/// `exists:` / `not_exists:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExists {
+    /// The other table.
+    pub table: Option<String>,
+    /// Its column that links to this row.
+    pub column: Option<String>,
+    /// This row's column it equals (default: the class's key).
+    pub matches: Option<String>,
+    /// Further column tests on the other table (all must hold).
+    #[serde(rename = "where")]
+    pub filter: Option<Vec<RawCondition>>,
+}
+
+/// `delete_with:` entry.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDependent {
+    /// The other table.
+    pub table: Option<String>,
+    /// Its column holding this class's key.
+    pub column: Option<String>,
+}
+
+/// An embedded profile: anonymous-patron source and classes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    /// What the profile is for.
+    pub description: Option<String>,
+    /// Where the system's anonymous patron is found.
+    pub anonymous_patron: Option<RawAnonymousPatron>,
+    /// The classes.
+    pub classes: IndexMap<String, RawClass>,
+}

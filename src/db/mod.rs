@@ -1,0 +1,576 @@
+//! Database access: one typed pool per backend (SQLite, MySQL/MariaDB, PostgreSQL),
+//! Lethe's own migrations, schema checks against the catalog, and the helpers the
+//! engine uses to run sea-query statements inside transactions.
+//!
+//! `sqlx::Any` is not used: it cannot bind chrono types and does not translate
+//! placeholders (STACK.md). Every dynamic statement is built by sea-query from
+//! validated identifiers; only such SQL is wrapped in `AssertSqlSafe`.
+
+pub mod sql;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_query::{MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder};
+use sea_query_sqlx::SqlxBinder;
+use secrecy::ExposeSecret;
+use sqlx::{AssertSqlSafe, MySqlPool, PgPool, Row, SqlitePool};
+
+use crate::config::{
+    AnonymousPatronSource, Backend, ClassDef, ColumnTest, Condition, Config, Ident, TableName,
+};
+
+/// What went wrong talking to the database. Messages name tables, columns and causes,
+/// never row contents.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The server could not be reached or refused the connection.
+    #[error("cannot connect to the database {url}: {cause}")]
+    Connect {
+        /// The URL without password.
+        url: String,
+        /// The underlying cause.
+        cause: String,
+    },
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    /// Lethe's own migrations failed.
+    #[error("migrating Lethe's own tables failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The library's schema does not have what the config names.
+    #[error("{0}")]
+    Schema(String),
+    /// The anonymous patron preference is unusable.
+    #[error("{0}")]
+    AnonymousPatron(String),
+}
+
+impl DbError {
+    /// Whether the error means the config does not fit this database (exit 2, nothing
+    /// touched) rather than a failure at run time.
+    pub fn is_config_mismatch(&self) -> bool {
+        matches!(self, DbError::Schema(_) | DbError::AnonymousPatron(_))
+    }
+}
+
+/// A pool for one backend.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// SQLite (the demo library, or a file).
+    Sqlite(SqlitePool),
+    /// MySQL or MariaDB (Koha).
+    MySql(MySqlPool),
+    /// PostgreSQL (Evergreen).
+    Postgres(PgPool),
+}
+
+/// A transaction on one backend.
+pub enum Tx {
+    /// SQLite, begun with `BEGIN IMMEDIATE` so the write lock is taken up front.
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    /// MySQL/MariaDB.
+    MySql(sqlx::Transaction<'static, sqlx::MySql>),
+    /// PostgreSQL.
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// Builds a sea-query statement for the backend and runs `$body` with `sql`, `values`
+/// and the executor bound.
+macro_rules! on_backend {
+    ($target:expr, $stmt:expr, |$sql:ident, $values:ident, $ex:ident| $body:expr) => {
+        match $target {
+            Target::Sqlite($ex) => {
+                let ($sql, $values) = $stmt.build_sqlx(SqliteQueryBuilder);
+                $body
+            }
+            Target::MySql($ex) => {
+                let ($sql, $values) = $stmt.build_sqlx(MysqlQueryBuilder);
+                $body
+            }
+            Target::Postgres($ex) => {
+                let ($sql, $values) = $stmt.build_sqlx(PostgresQueryBuilder);
+                $body
+            }
+        }
+    };
+}
+
+enum Target<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    MySql(&'a mut sqlx::MySqlConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+impl Tx {
+    fn target(&mut self) -> Target<'_> {
+        match self {
+            Tx::Sqlite(t) => Target::Sqlite(t),
+            Tx::MySql(t) => Target::MySql(t),
+            Tx::Postgres(t) => Target::Postgres(t),
+        }
+    }
+
+    /// Commits.
+    ///
+    /// # Errors
+    /// The commit failed; nothing of the transaction stands.
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::MySql(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Runs a statement, returning the number of rows it changed.
+    ///
+    /// # Errors
+    /// The statement failed.
+    pub async fn execute<S: SqlxBinder>(&mut self, stmt: &S) -> Result<u64, DbError> {
+        Ok(on_backend!(self.target(), stmt, |sql, values, ex| sqlx::query_with(AssertSqlSafe(sql), values)
+            .execute(&mut *ex)
+            .await?
+            .rows_affected()))
+    }
+
+    /// Runs a query whose first column is a 64-bit integer, returning that column of
+    /// every row (NULLs skipped).
+    ///
+    /// # Errors
+    /// The statement failed.
+    pub async fn fetch_i64s<S: SqlxBinder>(&mut self, stmt: &S) -> Result<Vec<i64>, DbError> {
+        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+            let rows = sqlx::query_with(AssertSqlSafe(sql), values).fetch_all(&mut *ex).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                if let Some(v) = r.try_get::<Option<i64>, _>(0)? {
+                    out.push(v);
+                }
+            }
+            out
+        }))
+    }
+
+    /// Runs a query returning one row of 64-bit integers (NULL as `None`).
+    ///
+    /// # Errors
+    /// The statement failed or returned no row.
+    pub async fn fetch_row_i64<S: SqlxBinder>(&mut self, stmt: &S) -> Result<Vec<Option<i64>>, DbError> {
+        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+            let r = sqlx::query_with(AssertSqlSafe(sql), values).fetch_one(&mut *ex).await?;
+            let mut out = Vec::with_capacity(r.len());
+            for i in 0..r.len() {
+                out.push(r.try_get::<Option<i64>, _>(i)?);
+            }
+            out
+        }))
+    }
+}
+
+impl Db {
+    /// Connects with a small pool (2 connections, 10 s acquire timeout) and checks the
+    /// connection at once, so a wrong URL fails at start with the real cause (sqlx
+    /// otherwise reports only `PoolTimedOut`). A SQLite file must exist.
+    ///
+    /// # Errors
+    /// [`DbError::Connect`] with the URL (without password) and the cause.
+    pub async fn connect(cfg: &Config) -> Result<Db, DbError> {
+        Self::connect_url(cfg.database.backend, cfg.database.url.expose_secret(), &cfg.database.display_url).await
+    }
+
+    /// [`Db::connect`] from a URL.
+    ///
+    /// # Errors
+    /// [`DbError::Connect`].
+    pub async fn connect_url(backend: Backend, url: &str, display_url: &str) -> Result<Db, DbError> {
+        let fail = |e: sqlx::Error| DbError::Connect {
+            url: display_url.to_string(),
+            cause: e.to_string(),
+        };
+        let timeout = Duration::from_secs(10);
+        match backend {
+            Backend::Sqlite => {
+                use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+                use std::str::FromStr;
+                let opts = SqliteConnectOptions::from_str(url)
+                    .map_err(fail)?
+                    .create_if_missing(false)
+                    .foreign_keys(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(fail)?;
+                Ok(Db::Sqlite(pool))
+            }
+            Backend::MySql => {
+                use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+                use std::str::FromStr;
+                let opts = MySqlConnectOptions::from_str(url).map_err(fail)?;
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(fail)?;
+                Ok(Db::MySql(pool))
+            }
+            Backend::Postgres => {
+                use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+                use std::str::FromStr;
+                let opts = PgConnectOptions::from_str(url).map_err(fail)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(timeout)
+                    .connect_with(opts)
+                    .await
+                    .map_err(fail)?;
+                Ok(Db::Postgres(pool))
+            }
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::MySql(_) => Backend::MySql,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Begins a transaction (`BEGIN IMMEDIATE` on SQLite).
+    ///
+    /// # Errors
+    /// The database refused.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::MySql(p) => Tx::MySql(p.begin().await?),
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Applies Lethe's own migrations (`migrations/<backend>`), recorded in
+    /// `lethe_migrations`, apart from any other sqlx user's `_sqlx_migrations`. Never
+    /// touches the library's own tables.
+    ///
+    /// # Errors
+    /// [`DbError::Migrate`].
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(p) => {
+                let mut m = sqlx::migrate!("migrations/sqlite");
+                m.dangerous_set_table_name("lethe_migrations");
+                m.run(p).await?
+            }
+            Db::MySql(p) => {
+                let mut m = sqlx::migrate!("migrations/mysql");
+                m.dangerous_set_table_name("lethe_migrations");
+                m.run(p).await?
+            }
+            Db::Postgres(p) => {
+                let mut m = sqlx::migrate!("migrations/postgres");
+                m.dangerous_set_table_name("lethe_migrations");
+                m.run(p).await?
+            }
+        }
+        Ok(())
+    }
+
+    /// The columns of `table` with their declared types (lower-case), from the catalog;
+    /// empty when the table does not exist.
+    ///
+    /// # Errors
+    /// The catalog query failed.
+    pub async fn columns(&self, table: &TableName) -> Result<Vec<(String, String)>, DbError> {
+        let rows: Vec<(String, String)> = match self {
+            Db::Sqlite(p) => {
+                sqlx::query_as("SELECT name, lower(type) FROM pragma_table_info(?)")
+                    .bind(table.name.as_str())
+                    .fetch_all(p)
+                    .await?
+            }
+            Db::MySql(p) => {
+                let rows = sqlx::query(
+                    "SELECT CAST(column_name AS CHAR), CAST(lower(data_type) AS CHAR) FROM information_schema.columns \
+                     WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?",
+                )
+                .bind(table.schema.as_ref().map(|s| s.as_str().to_string()))
+                .bind(table.name.as_str())
+                .fetch_all(p)
+                .await?;
+                let mut out = Vec::new();
+                for r in rows {
+                    out.push((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?));
+                }
+                out
+            }
+            Db::Postgres(p) => {
+                sqlx::query_as(
+                    "SELECT column_name::text, lower(data_type)::text FROM information_schema.columns \
+                     WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
+                )
+                .bind(table.schema.as_ref().map(|s| s.as_str().to_string()))
+                .bind(table.name.as_str())
+                .fetch_all(p)
+                .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// Checks every table and column the classes and the anonymous-patron source name
+    /// against the catalog, and that each class key is an integer column. Returns all
+    /// problems in one error.
+    ///
+    /// # Errors
+    /// [`DbError::Schema`] listing what is missing; [`DbError::Query`].
+    pub async fn check_schema(&self, cfg: &Config) -> Result<(), DbError> {
+        let mut wanted: Vec<(String, TableName, Ident)> = Vec::new();
+        for c in &cfg.classes {
+            collect_class_columns(c, &mut wanted);
+        }
+        if let Some(a) = &cfg.anonymous_patron {
+            let ctx = "anonymous_patron".to_string();
+            wanted.push((ctx.clone(), a.table.clone(), a.name_column.clone()));
+            wanted.push((ctx.clone(), a.table.clone(), a.value_column.clone()));
+            wanted.push((ctx, a.patron_table.clone(), a.patron_key.clone()));
+        }
+        let mut problems = Vec::new();
+        let mut cache: std::collections::HashMap<TableName, Vec<(String, String)>> = Default::default();
+        for (ctx, table, col) in &wanted {
+            if !cache.contains_key(table) {
+                let cols = self.columns(table).await?;
+                cache.insert(table.clone(), cols);
+            }
+            let cols = cache.get(table).map(Vec::as_slice).unwrap_or(&[]);
+            if cols.is_empty() {
+                let m = format!("{ctx}: table {table} does not exist");
+                if !problems.contains(&m) {
+                    problems.push(m);
+                }
+            } else if !cols.iter().any(|(n, _)| n.eq_ignore_ascii_case(col.as_str())) {
+                problems.push(format!("{ctx}: column {table}.{col} does not exist"));
+            }
+        }
+        for c in &cfg.classes {
+            if let Some(cols) = cache.get(&c.table) {
+                if let Some((_, ty)) = cols.iter().find(|(n, _)| n.eq_ignore_ascii_case(c.key.as_str())) {
+                    if !ty.contains("int") {
+                        problems.push(format!(
+                            "classes.{}: key {}.{} is of type {ty}: batches need an integer key",
+                            c.name, c.table, c.key
+                        ));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DbError::Schema(problems.join("; ")))
+        }
+    }
+
+    /// Reads the anonymous patron's id from the preference (Koha: `AnonymousPatron` in
+    /// `systempreferences`). An empty or missing preference gives `None` (anonymized
+    /// rows get NULL). A value that is not a number, or names a patron that does not
+    /// exist, is an error: Koha's anonymize would fail on the foreign key
+    /// (`old_issues_ibfk_1`), so Lethe stops before touching anything.
+    ///
+    /// # Errors
+    /// [`DbError::AnonymousPatron`]; [`DbError::Query`].
+    pub async fn anonymous_patron(&self, src: &AnonymousPatronSource) -> Result<Option<i64>, DbError> {
+        use sea_query::{Alias, Expr, ExprTrait, Query};
+        let mut q = Query::select();
+        let tn: sea_query::TableName = match &src.table.schema {
+            Some(s) => (Alias::new(s.as_str()), Alias::new(src.table.name.as_str())).into(),
+            None => Alias::new(src.table.name.as_str()).into(),
+        };
+        q.column(Alias::new(src.value_column.as_str()))
+            .from(tn)
+            .and_where(Expr::col(Alias::new(src.name_column.as_str())).eq(src.name.clone()));
+        let value: Option<String> = match self {
+            Db::Sqlite(p) => {
+                let (s, v) = q.build_sqlx(SqliteQueryBuilder);
+                sqlx::query_scalar_with(AssertSqlSafe(s), v).fetch_optional(p).await?
+            }
+            Db::MySql(p) => {
+                let (s, v) = q.build_sqlx(MysqlQueryBuilder);
+                sqlx::query_scalar_with(AssertSqlSafe(s), v).fetch_optional(p).await?
+            }
+            Db::Postgres(p) => {
+                let (s, v) = q.build_sqlx(PostgresQueryBuilder);
+                sqlx::query_scalar_with(AssertSqlSafe(s), v).fetch_optional(p).await?
+            }
+        };
+        let Some(value) = value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        let id: i64 = value.parse().map_err(|_| {
+            DbError::AnonymousPatron(format!(
+                "the {} preference is not a patron number: set it to the {} of the anonymous patron",
+                src.name, src.patron_key
+            ))
+        })?;
+        let mut q = Query::select();
+        let pt: sea_query::TableName = match &src.patron_table.schema {
+            Some(s) => (Alias::new(s.as_str()), Alias::new(src.patron_table.name.as_str())).into(),
+            None => Alias::new(src.patron_table.name.as_str()).into(),
+        };
+        q.expr(Expr::val(1))
+            .from(pt)
+            .and_where(Expr::col(Alias::new(src.patron_key.as_str())).eq(id));
+        let mut tx = self.begin_read().await?;
+        let found = tx.fetch_i64s(&q).await?;
+        drop(tx);
+        if found.is_empty() {
+            return Err(DbError::AnonymousPatron(format!(
+                "the {} preference names patron {id}, which does not exist in {}: anonymizing would fail on the \
+                 foreign key; create that patron or correct the preference",
+                src.name, src.patron_table
+            )));
+        }
+        Ok(Some(id))
+    }
+
+    /// A read-only unit of work (a transaction that is never committed).
+    async fn begin_read(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::MySql(p) => Tx::MySql(p.begin().await?),
+            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Runs a read-only query of 64-bit integers and returns its single row.
+    ///
+    /// # Errors
+    /// [`DbError::Query`].
+    pub async fn read_row_i64<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<Option<i64>>, DbError> {
+        let mut tx = self.begin_read().await?;
+        tx.fetch_row_i64(stmt).await
+    }
+
+    /// The database server's clock, UTC; `None` for SQLite (same host as Lethe).
+    ///
+    /// # Errors
+    /// [`DbError::Query`].
+    pub async fn server_now(&self) -> Result<Option<DateTime<Utc>>, DbError> {
+        match self {
+            Db::Sqlite(_) => Ok(None),
+            Db::MySql(p) => {
+                let t: chrono::NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)").fetch_one(p).await?;
+                Ok(Some(t.and_utc()))
+            }
+            Db::Postgres(p) => {
+                let t: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(p).await?;
+                Ok(Some(t))
+            }
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::MySql(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>) {
+    let ctx = format!("classes.{}", c.name);
+    out.push((ctx.clone(), c.table.clone(), c.key.clone()));
+    for a in &c.age.columns {
+        out.push((ctx.clone(), c.table.clone(), a.clone()));
+    }
+    for (col, _) in &c.anonymize {
+        out.push((ctx.clone(), c.table.clone(), col.clone()));
+    }
+    let conds = c.scope.iter().chain(c.immediate.iter()).chain(c.exempt.iter().map(|(_, x)| x));
+    for cond in conds {
+        match cond {
+            Condition::Column(t) => out.push((ctx.clone(), c.table.clone(), t.column().clone())),
+            Condition::AnonymousPatron(col) => out.push((ctx.clone(), c.table.clone(), col.clone())),
+            Condition::Exists {
+                table,
+                column,
+                matches,
+                filter,
+                ..
+            } => {
+                out.push((ctx.clone(), table.clone(), column.clone()));
+                if !matches.as_str().is_empty() {
+                    out.push((ctx.clone(), c.table.clone(), matches.clone()));
+                }
+                for f in filter {
+                    let col = match f {
+                        ColumnTest::Compare(col, ..) | ColumnTest::IsNull(col) | ColumnTest::NotNull(col) => col,
+                    };
+                    out.push((ctx.clone(), table.clone(), col.clone()));
+                }
+            }
+        }
+    }
+    for d in &c.delete_with {
+        out.push((ctx.clone(), d.table.clone(), d.column.clone()));
+    }
+}
+
+impl Tx {
+    /// Runs a query returning at most one row whose columns are all text (NULL as
+    /// `None`).
+    ///
+    /// # Errors
+    /// The statement failed.
+    pub async fn fetch_opt_strings<S: SqlxBinder>(&mut self, stmt: &S) -> Result<Option<Vec<Option<String>>>, DbError> {
+        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+            match sqlx::query_with(AssertSqlSafe(sql), values).fetch_optional(&mut *ex).await? {
+                None => None,
+                Some(r) => {
+                    let mut out = Vec::with_capacity(r.len());
+                    for i in 0..r.len() {
+                        out.push(r.try_get::<Option<String>, _>(i)?);
+                    }
+                    Some(out)
+                }
+            }
+        }))
+    }
+
+    /// Inserts a row and returns its generated `id` (RETURNING on SQLite and
+    /// PostgreSQL, `LAST_INSERT_ID()` on MySQL, on the same connection).
+    ///
+    /// # Errors
+    /// The statement failed.
+    pub async fn insert_returning_id(&mut self, stmt: &mut sea_query::InsertStatement) -> Result<i64, DbError> {
+        match self {
+            Tx::MySql(t) => {
+                let (sql, values) = stmt.build_sqlx(MysqlQueryBuilder);
+                sqlx::query_with(AssertSqlSafe(sql), values).execute(&mut **t).await?;
+                let id: i64 = sqlx::query_scalar("SELECT CAST(LAST_INSERT_ID() AS SIGNED)")
+                    .fetch_one(&mut **t)
+                    .await?;
+                Ok(id)
+            }
+            Tx::Sqlite(t) => {
+                stmt.returning_col(sea_query::Alias::new("id"));
+                let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                Ok(sqlx::query_scalar_with(AssertSqlSafe(sql), values).fetch_one(&mut **t).await?)
+            }
+            Tx::Postgres(t) => {
+                stmt.returning_col(sea_query::Alias::new("id"));
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
+                Ok(sqlx::query_scalar_with(AssertSqlSafe(sql), values).fetch_one(&mut **t).await?)
+            }
+        }
+    }
+}

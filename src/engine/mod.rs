@@ -1,0 +1,482 @@
+//! The enforcement engine: plan (count) and enforce (change in batches), class by
+//! class, with the guards that make it fail safe.
+//!
+//! One class in a run: compute the cutoff; count eligible and kept rows in one scan;
+//! trip the circuit breaker if the class would change more than `safety.max_fraction`
+//! of its table (unless the administrator passed `--allow-large`); then walk the
+//! primary key in ranges of `safety.batch_size`: each range selects its eligible keys
+//! (locked), changes them, and adds the count to the ledger in one transaction. After a
+//! pass the class is counted again; when its own changes made more rows eligible (a
+//! deleted child leaves its guarantor unprotected) it goes round again, up to
+//! `safety.max_rounds`, so a run ends at a fixed point: right after it, `plan` shows 0
+//! eligible and a second run changes nothing.
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClassDef, Config};
+use crate::db::sql::{self, Bindings};
+use crate::db::{Db, DbError};
+use crate::ledger;
+use crate::policy;
+use crate::summary::{Action, ClassStatus, ClassSummary, Kept, Mode, RunStatus, RunSummary};
+
+/// Why the engine stopped before or outside any class.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The config does not fit this database (a missing table or column, an unusable
+    /// anonymous patron). Nothing was touched; exit 2.
+    #[error("{0}")]
+    Mismatch(String),
+    /// The database failed at run time; exit 1.
+    #[error("{0}")]
+    Database(String),
+    /// This host's clock and the database's disagree by more than
+    /// `safety.max_clock_skew`; nothing was touched; exit 1.
+    #[error("{0}")]
+    Clock(String),
+}
+
+impl From<DbError> for EngineError {
+    fn from(e: DbError) -> Self {
+        if e.is_config_mismatch() {
+            EngineError::Mismatch(e.to_string())
+        } else {
+            EngineError::Database(safe_db_message(&e))
+        }
+    }
+}
+
+/// A database error as text fit for logs, reports and the ledger: values a server
+/// quotes in its messages (MySQL's "Duplicate entry 'x'") are blanked, since they may
+/// be patron data.
+pub fn safe_db_message(e: &DbError) -> String {
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut in_quote = false;
+    for ch in text.chars() {
+        if ch == '\'' {
+            if in_quote {
+                out.push_str("…'");
+            } else {
+                out.push('\'');
+            }
+            in_quote = !in_quote;
+        } else if !in_quote {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// What a class's SQL needs from the database, read once per run.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared {
+    /// The anonymous patron's id (Koha's `AnonymousPatron`), if set.
+    pub anonymous_patron: Option<i64>,
+}
+
+/// Checks the schema against the config and reads the anonymous patron. Run before
+/// anything is written.
+///
+/// # Errors
+/// [`EngineError::Mismatch`] for a missing table or column or an unusable anonymous
+/// patron; [`EngineError::Database`].
+pub async fn prepare(cfg: &Config, db: &Db) -> Result<Prepared, EngineError> {
+    db.check_schema(cfg).await?;
+    let anonymous_patron = match &cfg.anonymous_patron {
+        Some(src) => db.anonymous_patron(src).await?,
+        None => None,
+    };
+    Ok(Prepared { anonymous_patron })
+}
+
+/// Refuses to enforce when this host's clock and the database's differ by more than
+/// `safety.max_clock_skew`: a host clock set years ahead would otherwise make every row
+/// look past its period.
+///
+/// # Errors
+/// [`EngineError::Clock`] with both times and the skew; [`EngineError::Database`].
+pub async fn check_clock(cfg: &Config, db: &Db, host_now: DateTime<Utc>) -> Result<(), EngineError> {
+    let Some(server) = db.server_now().await? else {
+        return Ok(());
+    };
+    let skew = (host_now - server).num_milliseconds().unsigned_abs();
+    let max = cfg.safety.max_clock_skew.as_millis() as u64;
+    if skew > max {
+        return Err(EngineError::Clock(format!(
+            "this host's clock ({}) and the database's ({}) differ by {} s, more than safety.max_clock_skew ({} s): \
+             refusing to enforce; fix the clock (NTP) and run again",
+            host_now.to_rfc3339(),
+            server.to_rfc3339(),
+            skew / 1000,
+            max / 1000
+        )));
+    }
+    Ok(())
+}
+
+/// Counts of one class.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    eligible: u64,
+    kept: Kept,
+}
+
+async fn count(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Counts, DbError> {
+    let q = sql::count_query(class, b);
+    let row = db.read_row_i64(&q).await?;
+    let get = |i: usize| row.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+    Ok(Counts {
+        eligible: get(0),
+        kept: Kept {
+            opt_in: get(1),
+            legal_hold: get(2),
+            obligations: get(3),
+            protected: get(4),
+        },
+    })
+}
+
+fn bindings(cfg: &Config, db: &Db, class: &ClassDef, at: DateTime<Utc>, p: &Prepared) -> Option<Bindings> {
+    Some(Bindings {
+        cutoff: policy::cutoff(at, cfg.schedule.timezone, class.retain)?,
+        anonymous_patron: p.anonymous_patron,
+        backend: db.backend(),
+    })
+}
+
+fn cutoff_error(class: &ClassDef) -> ClassSummary {
+    ClassSummary {
+        name: class.name.clone(),
+        table: class.table.to_string(),
+        action: class.action,
+        cutoff: Utc::now().fixed_offset(),
+        eligible: 0,
+        affected: 0,
+        kept: Kept::default(),
+        status: ClassStatus::Failed,
+        error: Some("the cutoff is outside the representable date range".into()),
+    }
+}
+
+/// Counts, per class, the rows that would be changed at the moment `at` and the rows
+/// kept by each exemption. Writes nothing and records nothing.
+///
+/// # Errors
+/// [`EngineError`] from [`prepare`] or the database.
+pub async fn plan(cfg: &Config, db: &Db, at: DateTime<Utc>) -> Result<RunSummary, EngineError> {
+    let p = prepare(cfg, db).await?;
+    let mut classes = Vec::new();
+    for class in &cfg.classes {
+        let Some(b) = bindings(cfg, db, class, at, &p) else {
+            classes.push(cutoff_error(class));
+            continue;
+        };
+        let c = count(db, class, &b).await?;
+        classes.push(ClassSummary {
+            name: class.name.clone(),
+            table: class.table.to_string(),
+            action: class.action,
+            cutoff: b.cutoff.instant.fixed_offset(),
+            eligible: c.eligible,
+            affected: 0,
+            kept: c.kept,
+            status: ClassStatus::Ok,
+            error: None,
+        });
+    }
+    Ok(RunSummary {
+        run_id: None,
+        mode: cfg.safety.mode,
+        started_at: at,
+        finished_at: None,
+        status: RunStatus::Ok,
+        classes,
+        error: None,
+    })
+}
+
+/// Options of one enforcement pass.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The administrator acknowledged a large first run (`--allow-large`): the circuit
+    /// breaker does not trip.
+    pub allow_large: bool,
+    /// The moment the cutoffs are computed from (normally now).
+    pub now: DateTime<Utc>,
+    /// Cancelled by SIGTERM/SIGINT: the current batch commits, the run is recorded as
+    /// interrupted.
+    pub cancel: CancellationToken,
+}
+
+/// The effective policy as canonical JSON (no secrets): what the run enforced. Its
+/// SHA-256 is stored with the run.
+pub fn policy_json(cfg: &Config) -> String {
+    let classes: Vec<serde_json::Value> = cfg
+        .classes
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name,
+                "table": c.table.to_string(),
+                "key": c.key.as_str(),
+                "age": { "columns": c.age.columns.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+                         "type": format!("{:?}", c.age.kind).to_lowercase() },
+                "retain": c.retain.to_string(),
+                "action": c.action.as_str(),
+                "anonymize": c.anonymize.iter().map(|(col, s)| format!("{col}: {s:?}")).collect::<Vec<_>>(),
+                "scope": c.scope.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>(),
+                "immediate": c.immediate.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>(),
+                "exempt": c.exempt.iter().map(|(r, x)| format!("{}: {x:?}", r.as_str())).collect::<Vec<_>>(),
+                "delete_with": c.delete_with.iter().map(|d| format!("{}.{}", d.table, d.column)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "profile": cfg.profile,
+        "timezone": cfg.schedule.timezone.name(),
+        "mode": cfg.safety.mode.as_str(),
+        "batch_size": cfg.safety.batch_size,
+        "max_fraction": cfg.safety.max_fraction,
+        "classes": classes,
+    })
+    .to_string()
+}
+
+/// The whole job once: opens a run in the ledger, enforces every class (or, in
+/// dry-run mode, counts them), closes the run. Tests call this directly.
+///
+/// The caller has run [`prepare`] and [`check_clock`]; nothing was written before the
+/// run is opened.
+///
+/// # Errors
+/// [`EngineError::Database`] when the ledger itself cannot be written; class failures
+/// are reported in the summary instead.
+pub async fn enforce_once(cfg: &Config, db: &Db, p: &Prepared, opts: &RunOptions) -> Result<RunSummary, EngineError> {
+    let mode = cfg.safety.mode;
+    let started_at = opts.now;
+    let run_id = ledger::open_run(db, mode, started_at, &policy_json(cfg)).await?;
+    tracing::info!(run_id, mode = mode.as_str(), "run started");
+    let mut classes = Vec::new();
+    let mut interrupted = false;
+    for (pos, class) in cfg.classes.iter().enumerate() {
+        let Some(b) = bindings(cfg, db, class, opts.now, p) else {
+            classes.push(cutoff_error(class));
+            continue;
+        };
+        let summary = if interrupted || opts.cancel.is_cancelled() {
+            interrupted = true;
+            ClassSummary {
+                name: class.name.clone(),
+                table: class.table.to_string(),
+                action: class.action,
+                cutoff: b.cutoff.instant.fixed_offset(),
+                eligible: 0,
+                affected: 0,
+                kept: Kept::default(),
+                status: ClassStatus::Skipped,
+                error: Some("not reached: the run was interrupted".into()),
+            }
+        } else {
+            let (s, was_interrupted) = enforce_class(cfg, db, run_id, pos, class, &b, opts).await?;
+            interrupted |= was_interrupted;
+            s
+        };
+        classes.push(summary);
+    }
+    let status = if classes.iter().any(|c| c.status == ClassStatus::Failed) {
+        RunStatus::Failed
+    } else if classes.iter().any(|c| c.status == ClassStatus::Tripped) {
+        RunStatus::Tripped
+    } else if interrupted {
+        RunStatus::Interrupted
+    } else {
+        RunStatus::Ok
+    };
+    let finished_at = Utc::now().max(started_at);
+    ledger::close_run(db, run_id, status, finished_at, None).await?;
+    tracing::info!(run_id, status = status.as_str(), "run finished");
+    Ok(RunSummary {
+        run_id: Some(run_id),
+        mode,
+        started_at,
+        finished_at: Some(finished_at),
+        status,
+        classes,
+        error: None,
+    })
+}
+
+/// One class in a run. Returns the summary and whether the run was interrupted in it.
+async fn enforce_class(
+    cfg: &Config,
+    db: &Db,
+    run_id: i64,
+    pos: usize,
+    class: &ClassDef,
+    b: &Bindings,
+    opts: &RunOptions,
+) -> Result<(ClassSummary, bool), EngineError> {
+    let mut s = ClassSummary {
+        name: class.name.clone(),
+        table: class.table.to_string(),
+        action: class.action,
+        cutoff: b.cutoff.instant.fixed_offset(),
+        eligible: 0,
+        affected: 0,
+        kept: Kept::default(),
+        status: ClassStatus::Ok,
+        error: None,
+    };
+    let first = match count(db, class, b).await {
+        Ok(c) => c,
+        Err(e) => {
+            s.status = ClassStatus::Failed;
+            s.error = Some(safe_db_message(&e));
+            ledger::open_class(db, run_id, pos, &s).await?;
+            ledger::close_class(db, run_id, &s).await?;
+            return Ok((s, false));
+        }
+    };
+    s.eligible = first.eligible;
+    s.kept = first.kept;
+    ledger::open_class(db, run_id, pos, &s).await?;
+
+    let mut interrupted = false;
+    if cfg.safety.mode == Mode::Enforce && first.eligible > 0 {
+        let range = db.read_row_i64(&sql::range_query(class, db.backend())).await?;
+        let (lo, hi, total) = (
+            range.first().copied().flatten(),
+            range.get(1).copied().flatten(),
+            range.get(2).copied().flatten().unwrap_or(0).max(0) as u64,
+        );
+        let limit = (cfg.safety.max_fraction * total as f64).floor() as u64;
+        if !opts.allow_large && first.eligible > limit {
+            s.status = ClassStatus::Tripped;
+            s.error = Some(format!(
+                "circuit breaker: {} of {} rows ({:.1}%) would change, more than safety.max_fraction ({:.0}%); \
+                 nothing in this class was changed. Check `lethe plan`, then run `lethe run --once --allow-large` \
+                 to acknowledge",
+                first.eligible,
+                total,
+                100.0 * first.eligible as f64 / total.max(1) as f64,
+                100.0 * cfg.safety.max_fraction
+            ));
+            tracing::warn!(run_id, class = %class.name, eligible = first.eligible, total, "circuit breaker tripped");
+        } else if let (Some(lo), Some(hi)) = (lo, hi) {
+            let mut rounds = 0u32;
+            loop {
+                rounds += 1;
+                match pass(cfg, db, run_id, class, b, lo, hi, &opts.cancel).await {
+                    Ok(stopped) => interrupted = stopped,
+                    Err(e) => {
+                        s.status = ClassStatus::Failed;
+                        s.error = Some(safe_db_message(&e));
+                        tracing::error!(run_id, class = %class.name, error = %safe_db_message(&e), "class failed");
+                        break;
+                    }
+                }
+                if interrupted {
+                    break;
+                }
+                let after = count(db, class, b).await?;
+                s.kept = after.kept;
+                if after.eligible == 0 {
+                    break;
+                }
+                if rounds >= cfg.safety.max_rounds {
+                    s.status = ClassStatus::Failed;
+                    s.error = Some(format!(
+                        "{} rows still eligible after {rounds} rounds: no fixed point (raise safety.max_rounds, or \
+                         look for something making rows eligible while Lethe runs)",
+                        after.eligible
+                    ));
+                    break;
+                }
+                // Rows made eligible by this class's own changes (or by the library
+                // meanwhile): counted, then changed in the next round.
+                s.eligible += after.eligible;
+            }
+        }
+    }
+    s.affected = ledger::affected(db, run_id, &class.name).await?;
+    if interrupted && s.status == ClassStatus::Ok {
+        s.error = Some("interrupted: committed batches stand; the next run finishes the work".into());
+    }
+    ledger::close_class(db, run_id, &s).await?;
+    tracing::info!(
+        run_id,
+        class = %class.name,
+        eligible = s.eligible,
+        affected = s.affected,
+        kept_opt_in = s.kept.opt_in,
+        kept_obligations = s.kept.obligations,
+        kept_protected = s.kept.protected,
+        status = s.status.as_str(),
+        "class done"
+    );
+    Ok((s, interrupted))
+}
+
+/// One pass over the key range `[lo, hi]` in batches. Returns whether it stopped
+/// early because of cancellation.
+#[allow(clippy::too_many_arguments)]
+async fn pass(
+    cfg: &Config,
+    db: &Db,
+    run_id: i64,
+    class: &ClassDef,
+    b: &Bindings,
+    lo: i64,
+    hi: i64,
+    cancel: &CancellationToken,
+) -> Result<bool, DbError> {
+    let step = i64::from(cfg.safety.batch_size);
+    let mut from = lo;
+    while from <= hi {
+        if cancel.is_cancelled() {
+            return Ok(true);
+        }
+        let to = from.saturating_add(step);
+        let mut tx = db.begin().await?;
+        let keys = tx.fetch_i64s(&sql::batch_keys_query(class, b, from, to)).await?;
+        if keys.is_empty() {
+            drop(tx);
+            // Skip any gap in the key space with one index lookup.
+            let next = db.read_row_i64(&sql::next_key_query(class, to, b.backend)).await?;
+            match next.first().copied().flatten() {
+                Some(k) if k > from => from = k,
+                _ => break,
+            }
+            continue;
+        }
+        let changed = match class.action {
+            Action::Anonymize => tx.execute(&sql::anonymize_statement(class, b, &keys)).await?,
+            Action::Delete => {
+                let n = tx.execute(&sql::delete_statement(class, b, &keys)).await?;
+                if !class.delete_with.is_empty() {
+                    let deleted = if n as usize == keys.len() {
+                        keys.clone()
+                    } else {
+                        // Some rows stopped being eligible between select and delete:
+                        // only the rows really deleted lose their dependents.
+                        let still = tx.fetch_i64s(&sql::existing_keys_query(class, &keys, b.backend)).await?;
+                        keys.iter().copied().filter(|k| !still.contains(k)).collect()
+                    };
+                    if !deleted.is_empty() {
+                        for dep in &class.delete_with {
+                            tx.execute(&sql::delete_dependent_statement(dep, &deleted)).await?;
+                        }
+                    }
+                }
+                n
+            }
+        };
+        ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
+        tx.commit().await?;
+        tracing::debug!(run_id, class = %class.name, changed, "batch committed");
+        from = to;
+    }
+    Ok(false)
+}

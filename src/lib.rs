@@ -1,0 +1,20 @@
+//! Lethe enforces data-retention policy on library systems (Koha, Evergreen, or any
+//! schema mapped in YAML): it purges or anonymizes patron records past their retention
+//! period, respects patron opt-in, legal holds and open obligations, records every run
+//! in a hash-chained ledger, and emails directors a summary of counts.
+//!
+//! Layout: [`config`] (retention.yaml), [`policy`] (periods and cutoffs), [`db`]
+//! (pools, SQL, schema checks), [`engine`] (plan and enforce), [`ledger`] (the record
+//! of runs), [`report`] (the email and outbox), [`schedule`] (the daemon), [`job`] (one
+//! whole run: connect, guard, enforce, report), [`demo`] (the embedded demo library).
+
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod engine;
+pub mod job;
+pub mod ledger;
+pub mod policy;
+pub mod report;
+pub mod schedule;
+pub mod summary;
