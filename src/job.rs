@@ -29,7 +29,11 @@ pub struct JobOutcome {
 /// # Errors
 /// [`EngineError`] for what stopped the run before it began (mismatch, clock,
 /// database); the failure report has been attempted.
-pub async fn run_once(cfg: &Config, allow_large: bool, cancel: CancellationToken) -> Result<JobOutcome, EngineError> {
+pub async fn run_once(
+    cfg: &Config,
+    allow_large: bool,
+    cancel: CancellationToken,
+) -> Result<JobOutcome, EngineError> {
     let now = Utc::now();
     match enforce(cfg, allow_large, cancel, now).await {
         Ok(summary) => {

@@ -23,7 +23,11 @@ use lethe::summary::{RunStatus, RunSummary};
 const DEFAULT_CONFIG: &str = include_str!("../retention.yaml");
 
 #[derive(Parser, Debug)]
-#[command(name = "lethe", version, about = "Enforces data-retention policy on library systems (Koha, Evergreen).")]
+#[command(
+    name = "lethe",
+    version,
+    about = "Enforces data-retention policy on library systems (Koha, Evergreen)."
+)]
 struct Cli {
     /// Path of retention.yaml.
     #[arg(long, global = true, env = "LETHE_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
@@ -77,7 +81,9 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -98,7 +104,11 @@ async fn main() -> ExitCode {
     let code = match &cli.command {
         Command::Check => check(&cli.config).await,
         Command::Plan { json, as_of } => plan(&cli.config, *json, as_of.as_deref()).await,
-        Command::Run { once, json, allow_large } => run(&cli.config, *once, *json, *allow_large).await,
+        Command::Run {
+            once,
+            json,
+            allow_large,
+        } => run(&cli.config, *once, *json, *allow_large).await,
         Command::Demo { dir } => demo_cmd(&cli.config, dir).await,
     };
     ExitCode::from(code)
@@ -107,7 +117,10 @@ async fn main() -> ExitCode {
 fn load(path: &Path) -> Result<Config, u8> {
     config::load(path).map_err(|errs| {
         eprintln!("{errs}");
-        eprintln!("lethe: {} error(s) in the configuration; nothing was touched", errs.0.len());
+        eprintln!(
+            "lethe: {} error(s) in the configuration; nothing was touched",
+            errs.0.len()
+        );
         2
     })
 }
@@ -128,7 +141,11 @@ async fn check(path: &Path) -> u8 {
         Ok(c) => c,
         Err(c) => return c,
     };
-    println!("config: {} ok ({} classes)", path.display(), cfg.classes.len());
+    println!(
+        "config: {} ok ({} classes)",
+        path.display(),
+        cfg.classes.len()
+    );
     let db = match Db::connect(&cfg).await {
         Ok(db) => db,
         Err(e) => return engine_exit(&e.into()),
@@ -163,10 +180,19 @@ fn parse_as_of(s: &str, cfg: &Config) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    let local = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-        .or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))?;
+    let local = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    })?;
     lethe::policy::resolve_local(cfg.schedule.timezone, local).map(|t| t.with_timezone(&Utc))
 }
 
@@ -180,7 +206,9 @@ async fn plan(path: &Path, json: bool, as_of: Option<&str>) -> u8 {
         Some(s) => match parse_as_of(s, &cfg) {
             Some(t) => t,
             None => {
-                eprintln!("lethe: --as-of {s:?} is not a local date and time such as \"2026-12-08 02:30\"");
+                eprintln!(
+                    "lethe: --as-of {s:?} is not a local date and time such as \"2026-12-08 02:30\""
+                );
                 return 2;
             }
         },
@@ -289,12 +317,28 @@ fn print_summary(s: &RunSummary, json: bool, what: &str) {
         return;
     }
     match s.run_id {
-        Some(id) => println!("{what}: run {id}, mode {}, status {}", s.mode.as_str(), s.status.as_str()),
-        None => println!("{what}: mode {}, as of {}", s.mode.as_str(), s.started_at.to_rfc3339()),
+        Some(id) => println!(
+            "{what}: run {id}, mode {}, status {}",
+            s.mode.as_str(),
+            s.status.as_str()
+        ),
+        None => println!(
+            "{what}: mode {}, as of {}",
+            s.mode.as_str(),
+            s.started_at.to_rfc3339()
+        ),
     }
     println!(
         "{:<22} {:<16} {:<10} {:>9} {:>9} {:>8} {:>8} {:>11} {:>9}  status",
-        "class", "table", "action", "eligible", "affected", "opt_in", "legal", "obligations", "protected"
+        "class",
+        "table",
+        "action",
+        "eligible",
+        "affected",
+        "opt_in",
+        "legal",
+        "obligations",
+        "protected"
     );
     for c in &s.classes {
         println!(
@@ -346,10 +390,19 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
         }
     }
     let base = std::env::current_dir().unwrap_or_default();
-    let db_abs = if db_path.is_absolute() { db_path.clone() } else { base.join(&db_path) };
-    let outbox = if dir.is_absolute() { dir.join("outbox") } else { base.join(dir).join("outbox") };
+    let db_abs = if db_path.is_absolute() {
+        db_path.clone()
+    } else {
+        base.join(&db_path)
+    };
+    let outbox = if dir.is_absolute() {
+        dir.join("outbox")
+    } else {
+        base.join(dir).join("outbox")
+    };
     let lookup = |name: &str| std::env::var(name).ok();
-    let mut cfg = match config::parse_str(&text, &config_path.display().to_string(), &base, &lookup) {
+    let mut cfg = match config::parse_str(&text, &config_path.display().to_string(), &base, &lookup)
+    {
         Ok(c) => c,
         Err(errs) => {
             eprintln!("{errs}");
@@ -369,7 +422,9 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
         Ok(outcome) => {
             print_summary(&outcome.summary, false, "demo run");
             print_delivery(outcome.delivery.as_ref());
-            println!("next: `lethe plan --json` shows what a run would change now (0 after this run)");
+            println!(
+                "next: `lethe plan --json` shows what a run would change now (0 after this run)"
+            );
             run_exit(&outcome.summary)
         }
         Err(e) => engine_exit(&e),

@@ -141,7 +141,12 @@ impl fmt::Display for Period {
             PeriodUnit::Months => ("month", "months"),
             PeriodUnit::Years => ("year", "years"),
         };
-        write!(f, "{} {}", self.count, if self.count == 1 { one } else { many })
+        write!(
+            f,
+            "{} {}",
+            self.count,
+            if self.count == 1 { one } else { many }
+        )
     }
 }
 
@@ -207,26 +212,53 @@ mod tests {
     fn parses_periods() {
         assert_eq!(
             Period::parse("30 days").unwrap(),
-            Period { count: 30, unit: PeriodUnit::Days }
+            Period {
+                count: 30,
+                unit: PeriodUnit::Days
+            }
         );
         assert_eq!(Period::parse("1 Year").unwrap().unit, PeriodUnit::Years);
         assert_eq!(Period::parse(" 18 months ").unwrap().count, 18);
-        assert!(matches!(Period::parse("30 dyas"), Err(PeriodError::Unit(_))));
+        assert!(matches!(
+            Period::parse("30 dyas"),
+            Err(PeriodError::Unit(_))
+        ));
         assert!(matches!(Period::parse("0 days"), Err(PeriodError::Zero(_))));
-        assert!(matches!(Period::parse("-5 days"), Err(PeriodError::Zero(_))));
+        assert!(matches!(
+            Period::parse("-5 days"),
+            Err(PeriodError::Zero(_))
+        ));
         assert!(matches!(Period::parse("30"), Err(PeriodError::Syntax(_))));
-        assert!(matches!(Period::parse("3.5 days"), Err(PeriodError::Syntax(_))));
-        assert!(matches!(Period::parse("999999999999 days"), Err(PeriodError::TooLarge(_))));
-        assert!(matches!(Period::parse("201 years"), Err(PeriodError::TooLarge(_))));
+        assert!(matches!(
+            Period::parse("3.5 days"),
+            Err(PeriodError::Syntax(_))
+        ));
+        assert!(matches!(
+            Period::parse("999999999999 days"),
+            Err(PeriodError::TooLarge(_))
+        ));
+        assert!(matches!(
+            Period::parse("201 years"),
+            Err(PeriodError::TooLarge(_))
+        ));
     }
 
     #[test]
     fn month_is_a_calendar_month() {
         let p = Period::parse("1 month").unwrap();
-        assert_eq!(p.before(dt("2026-03-31 10:00:00")), Some(dt("2026-02-28 10:00:00")));
-        assert_eq!(p.before(dt("2024-03-31 10:00:00")), Some(dt("2024-02-29 10:00:00")));
+        assert_eq!(
+            p.before(dt("2026-03-31 10:00:00")),
+            Some(dt("2026-02-28 10:00:00"))
+        );
+        assert_eq!(
+            p.before(dt("2024-03-31 10:00:00")),
+            Some(dt("2024-02-29 10:00:00"))
+        );
         let y = Period::parse("1 year").unwrap();
-        assert_eq!(y.before(dt("2024-02-29 00:00:00")), Some(dt("2023-02-28 00:00:00")));
+        assert_eq!(
+            y.before(dt("2024-02-29 00:00:00")),
+            Some(dt("2023-02-28 00:00:00"))
+        );
     }
 
     #[test]
@@ -245,7 +277,10 @@ mod tests {
         let tz: Tz = "America/New_York".parse().unwrap();
         // Local 2026-04-08 02:30 EDT minus 30 days = 2026-03-09 02:30: fine. Pick a day
         // that lands in the gap: 2026-03-08 02:30 does not exist in New York.
-        let now = tz.from_local_datetime(&dt("2026-04-07 02:30:00")).unwrap().with_timezone(&Utc);
+        let now = tz
+            .from_local_datetime(&dt("2026-04-07 02:30:00"))
+            .unwrap()
+            .with_timezone(&Utc);
         let c = cutoff(now, tz, Period::parse("30 days").unwrap()).unwrap();
         assert_eq!(c.local, dt("2026-03-08 02:30:00"));
         assert_eq!(c.instant.to_rfc3339(), "2026-03-08T03:00:00-04:00");
@@ -254,7 +289,10 @@ mod tests {
     #[test]
     fn cutoff_in_fall_back_fold_takes_the_earlier_instant() {
         let tz: Tz = "America/New_York".parse().unwrap();
-        let now = tz.from_local_datetime(&dt("2026-12-01 01:30:00")).unwrap().with_timezone(&Utc);
+        let now = tz
+            .from_local_datetime(&dt("2026-12-01 01:30:00"))
+            .unwrap()
+            .with_timezone(&Utc);
         let c = cutoff(now, tz, Period::parse("30 days").unwrap()).unwrap();
         assert_eq!(c.local, dt("2026-11-01 01:30:00"));
         assert_eq!(c.instant.to_rfc3339(), "2026-11-01T01:30:00-04:00");

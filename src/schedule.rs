@@ -78,7 +78,9 @@ pub async fn run_daemon(cfg: &Config, cancel: CancellationToken) -> Result<(), D
                 status = outcome.summary.status.as_str(),
                 "scheduled run finished"
             ),
-            Err(e) => tracing::error!(error = %e, "scheduled run failed; the next one is still scheduled"),
+            Err(e) => {
+                tracing::error!(error = %e, "scheduled run failed; the next one is still scheduled")
+            }
         }
         if cancel.is_cancelled() {
             break Ok(());
@@ -109,9 +111,15 @@ mod tests {
         // 2026-03-08 is the spring-forward day in New York (02:00 → 03:00).
         let before = Utc.with_ymd_and_hms(2026, 3, 7, 12, 0, 0).unwrap();
         let a = next_fire(&s, before).unwrap();
-        assert_eq!(a.with_timezone(&s.timezone).to_rfc3339(), "2026-03-08T03:30:00-04:00");
+        assert_eq!(
+            a.with_timezone(&s.timezone).to_rfc3339(),
+            "2026-03-08T03:30:00-04:00"
+        );
         let b = next_fire(&s, a).unwrap();
-        assert_eq!(b.with_timezone(&s.timezone).to_rfc3339(), "2026-03-09T03:30:00-04:00");
+        assert_eq!(
+            b.with_timezone(&s.timezone).to_rfc3339(),
+            "2026-03-09T03:30:00-04:00"
+        );
     }
 
     #[test]
@@ -121,8 +129,14 @@ mod tests {
         let before = Utc.with_ymd_and_hms(2026, 10, 31, 12, 0, 0).unwrap();
         let a = next_fire(&s, before).unwrap();
         let b = next_fire(&s, a).unwrap();
-        assert_eq!(a.with_timezone(&s.timezone).date_naive().to_string(), "2026-11-01");
-        assert_eq!(b.with_timezone(&s.timezone).date_naive().to_string(), "2026-11-02");
+        assert_eq!(
+            a.with_timezone(&s.timezone).date_naive().to_string(),
+            "2026-11-01"
+        );
+        assert_eq!(
+            b.with_timezone(&s.timezone).date_naive().to_string(),
+            "2026-11-02"
+        );
     }
 
     #[test]
@@ -130,7 +144,13 @@ mod tests {
         let s = sched("30 2 * * *", "Europe/Berlin");
         let t1 = next_fire(&s, Utc.with_ymd_and_hms(2026, 10, 20, 0, 0, 0).unwrap()).unwrap();
         let t2 = next_fire(&s, Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap()).unwrap();
-        assert_eq!(t1.with_timezone(&s.timezone).format("%H:%M").to_string(), "02:30");
-        assert_eq!(t2.with_timezone(&s.timezone).format("%H:%M").to_string(), "02:30");
+        assert_eq!(
+            t1.with_timezone(&s.timezone).format("%H:%M").to_string(),
+            "02:30"
+        );
+        assert_eq!(
+            t2.with_timezone(&s.timezone).format("%H:%M").to_string(),
+            "02:30"
+        );
     }
 }

@@ -14,7 +14,10 @@ pub enum ExpandError {
 /// Expands `${VAR}` and `${VAR:-default}` in `s`, reading variables with `lookup`
 /// (normally `std::env::var`). `$$` stands for a literal `$`. An empty variable counts
 /// as set for `${VAR}` and as unset for `${VAR:-default}`, as in POSIX shells.
-pub fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
+pub fn expand_with(
+    s: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
@@ -37,7 +40,10 @@ pub fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<S
             None => (inner, None),
         };
         let valid = !name.is_empty()
-            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err(ExpandError::Malformed);
@@ -73,11 +79,20 @@ mod tests {
 
     #[test]
     fn expands() {
-        assert_eq!(expand_with("mysql://${HOST}/koha", env).unwrap(), "mysql://db.example/koha");
-        assert_eq!(expand_with("${NOPE:-sqlite://demo/library.db}", env).unwrap(), "sqlite://demo/library.db");
+        assert_eq!(
+            expand_with("mysql://${HOST}/koha", env).unwrap(),
+            "mysql://db.example/koha"
+        );
+        assert_eq!(
+            expand_with("${NOPE:-sqlite://demo/library.db}", env).unwrap(),
+            "sqlite://demo/library.db"
+        );
         assert_eq!(expand_with("${EMPTY:-x}", env).unwrap(), "x");
         assert_eq!(expand_with("a$$b$c", env).unwrap(), "a$b$c");
-        assert_eq!(expand_with("${NOPE}", env), Err(ExpandError::Unset("NOPE".into())));
+        assert_eq!(
+            expand_with("${NOPE}", env),
+            Err(ExpandError::Unset("NOPE".into()))
+        );
         assert_eq!(expand_with("${HOST", env), Err(ExpandError::Malformed));
         assert_eq!(expand_with("${1X}", env), Err(ExpandError::Malformed));
     }

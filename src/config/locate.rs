@@ -166,7 +166,10 @@ mod tests {
         let idx = LocationIndex::build(text);
         assert_eq!(idx.find("a.b"), Some(Location { line: 2, column: 6 }));
         assert_eq!(idx.find("a.c[1]"), Some(Location { line: 5, column: 7 }));
-        assert_eq!(idx.find("a.c[1].zzz"), Some(Location { line: 5, column: 7 }));
+        assert_eq!(
+            idx.find("a.c[1].zzz"),
+            Some(Location { line: 5, column: 7 })
+        );
         assert_eq!(idx.duplicates.len(), 1);
         assert_eq!(idx.duplicates[0].0, "a");
         assert_eq!(idx.duplicates[0].1.line, 6);

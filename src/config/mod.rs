@@ -93,7 +93,9 @@ impl Ident {
     pub fn new(s: &str) -> Result<Ident, String> {
         let mut chars = s.chars();
         let ok = s.len() <= 63
-            && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
         if ok {
             Ok(Ident(s.to_string()))
@@ -312,7 +314,12 @@ pub enum Reason {
 
 impl Reason {
     /// All reasons, in counting order.
-    pub const ALL: [Reason; 4] = [Reason::OptIn, Reason::LegalHold, Reason::Obligations, Reason::Protected];
+    pub const ALL: [Reason; 4] = [
+        Reason::OptIn,
+        Reason::LegalHold,
+        Reason::Obligations,
+        Reason::Protected,
+    ];
 
     /// `opt_in`, `legal_hold`, `obligations`, `protected`.
     pub fn as_str(self) -> &'static str {
@@ -462,8 +469,14 @@ pub fn parse_str(
         base: base.to_path_buf(),
         lookup,
     };
-    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        v.err("", "the file is empty: it needs at least database, schedule and profile or classes");
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        v.err(
+            "",
+            "the file is empty: it needs at least database, schedule and profile or classes",
+        );
         return Err(ConfigErrors(v.errors));
     }
     for (p, l) in v.index.duplicates.clone() {
@@ -494,7 +507,11 @@ pub fn parse_str(
     if v.errors.is_empty() {
         cfg.ok_or_else(|| ConfigErrors(Vec::new()))
     } else {
-        v.errors.sort_by_key(|e| e.location.map(|l| (l.line, l.column)).unwrap_or((usize::MAX, 0)));
+        v.errors.sort_by_key(|e| {
+            e.location
+                .map(|l| (l.line, l.column))
+                .unwrap_or((usize::MAX, 0))
+        });
         Err(ConfigErrors(v.errors))
     }
 }
@@ -524,7 +541,10 @@ impl Validator<'_> {
         } else if let Some(p) = &self.profile_name {
             // A value the file does not set comes from the profile: say so, and point at
             // the nearest place in the file (the class, if overridden there).
-            (format!("{} (from profile {p})", self.file), self.index.find(path))
+            (
+                format!("{} (from profile {p})", self.file),
+                self.index.find(path),
+            )
         } else {
             (self.file.clone(), None)
         };
@@ -546,7 +566,12 @@ impl Validator<'_> {
         }
     }
 
-    fn secret_from(&mut self, path: &str, env_name: Option<&str>, file: Option<&str>) -> Option<SecretString> {
+    fn secret_from(
+        &mut self,
+        path: &str,
+        env_name: Option<&str>,
+        file: Option<&str>,
+    ) -> Option<SecretString> {
         match (env_name, file) {
             (Some(_), Some(_)) => {
                 self.err(path, "give password_env or password_file, not both");
@@ -555,16 +580,24 @@ impl Validator<'_> {
             (Some(n), None) => match (self.lookup)(n) {
                 Some(v) => Some(SecretString::from(v)),
                 None => {
-                    self.err(&format!("{path}.password_env"), format!("environment variable {n} is not set"));
+                    self.err(
+                        &format!("{path}.password_env"),
+                        format!("environment variable {n} is not set"),
+                    );
                     None
                 }
             },
             (None, Some(f)) => {
                 let p = self.base.join(f);
                 match std::fs::read_to_string(&p) {
-                    Ok(s) => Some(SecretString::from(s.lines().next().unwrap_or("").to_string())),
+                    Ok(s) => Some(SecretString::from(
+                        s.lines().next().unwrap_or("").to_string(),
+                    )),
                     Err(e) => {
-                        self.err(&format!("{path}.password_file"), format!("cannot read {}: {e}", p.display()));
+                        self.err(
+                            &format!("{path}.password_file"),
+                            format!("cannot read {}: {e}", p.display()),
+                        );
                         None
                     }
                 }
@@ -574,7 +607,10 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Option<Config> {
-        let library = raw.library.clone().unwrap_or_else(|| "the library".to_string());
+        let library = raw
+            .library
+            .clone()
+            .unwrap_or_else(|| "the library".to_string());
         let database = self.database(raw.database.as_ref());
         let schedule = self.schedule(raw.schedule.as_ref());
         let safety = self.safety(raw.safety.as_ref());
@@ -592,7 +628,10 @@ impl Validator<'_> {
                 }
                 Err(e) => self.err("profile", format!("embedded profile koha is invalid: {e}")),
             },
-            Some("evergreen") => self.err("profile", "the evergreen profile is not available yet (use koha or none)"),
+            Some("evergreen") => self.err(
+                "profile",
+                "the evergreen profile is not available yet (use koha or none)",
+            ),
             Some(other) => {
                 let msg = format!("unknown profile {:?} (use koha or none)", truncate(other));
                 self.err("profile", msg)
@@ -614,14 +653,22 @@ impl Validator<'_> {
             }
         }
         if merged.is_empty() && !matches!(raw.profile.as_deref(), Some(p) if p != "none") {
-            self.err("classes", "no classes: set profile: koha, or declare classes");
+            self.err(
+                "classes",
+                "no classes: set profile: koha, or declare classes",
+            );
         }
         let mut classes = Vec::new();
         for (name, c) in merged {
             if c.enabled == Some(false) {
                 continue;
             }
-            if let Some(def) = self.class(&name, &c, safety.as_ref().map(|s| s.min_retention), anonymous_patron.is_some()) {
+            if let Some(def) = self.class(
+                &name,
+                &c,
+                safety.as_ref().map(|s| s.min_retention),
+                anonymous_patron.is_some(),
+            ) {
                 classes.push(def);
             }
         }
@@ -654,27 +701,40 @@ impl Validator<'_> {
             let authority = rest.split(['/', '?']).next().unwrap_or("");
             if let Some((userinfo, _)) = authority.rsplit_once('@') {
                 if let Some((_, pw)) = userinfo.split_once(':') {
-                    if !pw.is_empty() && !(pw.starts_with("${") && pw.ends_with('}')) {
-                        self.err("database.url", "contains a password: use password_env, password_file or ${VAR}");
+                    let from_env = pw.starts_with("${") && pw.ends_with('}');
+                    if !pw.is_empty() && !from_env {
+                        self.err(
+                            "database.url",
+                            "contains a password: use password_env, password_file or ${VAR}",
+                        );
                         return None;
                     }
                 }
             }
         }
         let url = self.expand("database.url", raw_url)?;
-        let password = self.secret_from("database", d.password_env.as_deref(), d.password_file.as_deref());
+        let password = self.secret_from(
+            "database",
+            d.password_env.as_deref(),
+            d.password_file.as_deref(),
+        );
         let (scheme, _) = url.split_once(':').unwrap_or((url.as_str(), ""));
         let backend = match scheme {
             "sqlite" => Backend::Sqlite,
             "mysql" | "mariadb" => Backend::MySql,
             "postgres" | "postgresql" => Backend::Postgres,
             _ => {
-                self.err("database.url", "unknown scheme: use sqlite://, mysql:// or postgres://");
+                self.err(
+                    "database.url",
+                    "unknown scheme: use sqlite://, mysql:// or postgres://",
+                );
                 return None;
             }
         };
         if backend == Backend::Sqlite {
-            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
             let (path, query) = path.split_once('?').unwrap_or((path, ""));
             let p = Path::new(path);
             let full = if p.is_absolute() || path.is_empty() || path == ":memory:" {
@@ -682,7 +742,11 @@ impl Validator<'_> {
             } else {
                 self.base.join(p)
             };
-            let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+            let q = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            };
             let u = format!("sqlite://{}{q}", full.display());
             return Some(DatabaseConfig {
                 url: SecretString::from(u.clone()),
@@ -718,19 +782,28 @@ impl Validator<'_> {
         let s = match s {
             Some(s) => s,
             None => {
-                self.err("schedule", "missing: schedule.cron and schedule.timezone are required");
+                self.err(
+                    "schedule",
+                    "missing: schedule.cron and schedule.timezone are required",
+                );
                 return None;
             }
         };
         let tz = match s.timezone.as_deref() {
             None => {
-                self.err("schedule", "missing: schedule.timezone (an IANA name such as America/New_York)");
+                self.err(
+                    "schedule",
+                    "missing: schedule.timezone (an IANA name such as America/New_York)",
+                );
                 None
             }
             Some(t) => match Tz::from_str(t) {
                 Ok(tz) => Some(tz),
                 Err(_) => {
-                    let m = format!("unknown time zone {:?} (use an IANA name such as America/New_York)", truncate(t));
+                    let m = format!(
+                        "unknown time zone {:?} (use an IANA name such as America/New_York)",
+                        truncate(t)
+                    );
                     self.err("schedule.timezone", m);
                     None
                 }
@@ -738,7 +811,10 @@ impl Validator<'_> {
         };
         let cron = match s.cron.as_deref() {
             None => {
-                self.err("schedule", "missing: schedule.cron (e.g. \"30 2 * * *\": 02:30 every day)");
+                self.err(
+                    "schedule",
+                    "missing: schedule.cron (e.g. \"30 2 * * *\": 02:30 every day)",
+                );
                 None
             }
             Some(line) => {
@@ -776,7 +852,10 @@ impl Validator<'_> {
             None | Some("enforce") => Mode::Enforce,
             Some("dry-run") | Some("dry_run") => Mode::DryRun,
             Some(other) => {
-                let m = format!("unknown mode {:?} (use enforce or dry-run)", truncate(other));
+                let m = format!(
+                    "unknown mode {:?} (use enforce or dry-run)",
+                    truncate(other)
+                );
                 self.err("safety.mode", m);
                 ok = false;
                 Mode::DryRun
@@ -795,7 +874,10 @@ impl Validator<'_> {
             None => 0.5,
             Some(f) if f > 0.0 && f <= 1.0 => f,
             Some(_) => {
-                self.err("safety.max_fraction", "must be greater than 0 and at most 1");
+                self.err(
+                    "safety.max_fraction",
+                    "must be greater than 0 and at most 1",
+                );
                 ok = false;
                 0.5
             }
@@ -858,7 +940,10 @@ impl Validator<'_> {
         let from = from_s.and_then(|f| match f.parse::<lettre::message::Mailbox>() {
             Ok(m) => Some(m),
             Err(_) => {
-                self.err("report.from", "not a mail address (e.g. \"Lethe <lethe@library.example>\")");
+                self.err(
+                    "report.from",
+                    "not a mail address (e.g. \"Lethe <lethe@library.example>\")",
+                );
                 None
             }
         });
@@ -875,7 +960,10 @@ impl Validator<'_> {
             Some(list) => {
                 for (i, a) in list.iter().enumerate() {
                     let p = format!("report.to[{i}]");
-                    match self.expand(&p, a).map(|s| s.parse::<lettre::message::Mailbox>()) {
+                    match self
+                        .expand(&p, a)
+                        .map(|s| s.parse::<lettre::message::Mailbox>())
+                    {
                         Some(Ok(m)) => to.push(m),
                         Some(Err(_)) => {
                             self.err(&p, "not a mail address");
@@ -902,7 +990,10 @@ impl Validator<'_> {
             Some("changed") => SendWhen::Changed,
             Some("failure") => SendWhen::Failure,
             Some(other) => {
-                let m = format!("unknown value {:?} (use always, changed or failure)", truncate(other));
+                let m = format!(
+                    "unknown value {:?} (use always, changed or failure)",
+                    truncate(other)
+                );
                 self.err("report.send", m);
                 ok = false;
                 SendWhen::Always
@@ -935,15 +1026,24 @@ impl Validator<'_> {
             }
         };
         if parsed.password().is_some() {
-            self.err("report.smtp.url", "contains a password: use report.smtp.password_env or password_file");
+            self.err(
+                "report.smtp.url",
+                "contains a password: use report.smtp.password_env or password_file",
+            );
             return None;
         }
-        let tls = parsed.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.to_string());
+        let tls = parsed
+            .query_pairs()
+            .find(|(k, _)| k == "tls")
+            .map(|(_, v)| v.to_string());
         let host = parsed.host_str().unwrap_or("");
-        let loopback = matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]") || host.starts_with("127.");
+        let loopback =
+            matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]") || host.starts_with("127.");
         match parsed.scheme() {
             "smtps" => {}
-            "smtp" if tls.as_deref() == Some("required") || tls.as_deref() == Some("opportunistic") => {}
+            "smtp"
+                if tls.as_deref() == Some("required")
+                    || tls.as_deref() == Some("opportunistic") => {}
             "smtp" if loopback => {}
             "smtp" => {
                 self.err(
@@ -957,7 +1057,11 @@ impl Validator<'_> {
                 return None;
             }
         }
-        let password = self.secret_from("report.smtp", s.password_env.as_deref(), s.password_file.as_deref());
+        let password = self.secret_from(
+            "report.smtp",
+            s.password_env.as_deref(),
+            s.password_file.as_deref(),
+        );
         let timeout = match s.timeout.as_deref() {
             None => Duration::from_secs(30),
             Some(t) => match parse_duration(t) {
@@ -968,7 +1072,11 @@ impl Validator<'_> {
                 }
             },
         };
-        Some(SmtpConfig { url, password, timeout })
+        Some(SmtpConfig {
+            url,
+            password,
+            timeout,
+        })
     }
 
     fn anonymous_patron(&mut self, a: &raw::RawAnonymousPatron) -> Option<AnonymousPatronSource> {
@@ -1024,7 +1132,13 @@ impl Validator<'_> {
         }
     }
 
-    fn class(&mut self, name: &str, c: &RawClass, floor: Option<Period>, has_anon: bool) -> Option<ClassDef> {
+    fn class(
+        &mut self,
+        name: &str,
+        c: &RawClass,
+        floor: Option<Period>,
+        has_anon: bool,
+    ) -> Option<ClassDef> {
         let p = format!("classes.{name}");
         let before = self.errors.len();
         if Ident::new(name).is_err() {
@@ -1057,11 +1171,17 @@ impl Validator<'_> {
                     Some("date") => Some(AgeType::Date),
                     Some("timestamptz") => Some(AgeType::Timestamptz),
                     None => {
-                        self.err(&format!("{p}.age"), "missing: type (datetime, date or timestamptz)");
+                        self.err(
+                            &format!("{p}.age"),
+                            "missing: type (datetime, date or timestamptz)",
+                        );
                         None
                     }
                     Some(other) => {
-                        let m = format!("unknown type {:?} (use datetime, date or timestamptz)", truncate(other));
+                        let m = format!(
+                            "unknown type {:?} (use datetime, date or timestamptz)",
+                            truncate(other)
+                        );
                         self.err(&format!("{p}.age.type"), m);
                         None
                     }
@@ -1107,7 +1227,10 @@ impl Validator<'_> {
                 None
             }
             Some(other) => {
-                let m = format!("unknown action {:?} (use delete or anonymize)", truncate(other));
+                let m = format!(
+                    "unknown action {:?} (use delete or anonymize)",
+                    truncate(other)
+                );
                 self.err(&format!("{p}.action"), m);
                 None
             }
@@ -1142,15 +1265,26 @@ impl Validator<'_> {
         }
         match action {
             Some(Action::Anonymize) if anonymize.is_empty() && c.anonymize.is_none() => {
-                self.err(&p, "action anonymize needs anonymize: (a strategy per column)");
+                self.err(
+                    &p,
+                    "action anonymize needs anonymize: (a strategy per column)",
+                );
             }
             Some(Action::Delete) if c.anonymize.is_some() => {
                 self.err(&format!("{p}.anonymize"), "only for action anonymize");
             }
             _ => {}
         }
-        let scope = self.conditions(&format!("{p}.scope"), c.scope.as_deref().unwrap_or(&[]), false);
-        let immediate = self.conditions(&format!("{p}.immediate"), c.immediate.as_deref().unwrap_or(&[]), false);
+        let scope = self.conditions(
+            &format!("{p}.scope"),
+            c.scope.as_deref().unwrap_or(&[]),
+            false,
+        );
+        let immediate = self.conditions(
+            &format!("{p}.immediate"),
+            c.immediate.as_deref().unwrap_or(&[]),
+            false,
+        );
         let mut exempt = Vec::new();
         for (i, rc) in c.exempt.as_deref().unwrap_or(&[]).iter().enumerate() {
             let ep = format!("{p}.exempt[{i}]");
@@ -1160,7 +1294,10 @@ impl Validator<'_> {
                 Some("obligations") => Some(Reason::Obligations),
                 Some("protected") => Some(Reason::Protected),
                 None => {
-                    self.err(&ep, "missing: reason (opt_in, legal_hold, obligations or protected)");
+                    self.err(
+                        &ep,
+                        "missing: reason (opt_in, legal_hold, obligations or protected)",
+                    );
                     None
                 }
                 Some(other) => {
@@ -1209,7 +1346,12 @@ impl Validator<'_> {
         })
     }
 
-    fn conditions(&mut self, path: &str, list: &[RawCondition], reason_ok: bool) -> Option<Vec<Condition>> {
+    fn conditions(
+        &mut self,
+        path: &str,
+        list: &[RawCondition],
+        reason_ok: bool,
+    ) -> Option<Vec<Condition>> {
         let mut out = Vec::new();
         let mut ok = true;
         for (i, c) in list.iter().enumerate() {
@@ -1223,18 +1365,26 @@ impl Validator<'_> {
 
     fn condition(&mut self, path: &str, c: &RawCondition, reason_ok: bool) -> Option<Condition> {
         if c.reason.is_some() && !reason_ok {
-            self.err(&format!("{path}.reason"), "a reason belongs only in exempt:");
+            self.err(
+                &format!("{path}.reason"),
+                "a reason belongs only in exempt:",
+            );
         }
         let kinds = usize::from(c.column.is_some())
             + usize::from(c.exists.is_some())
             + usize::from(c.not_exists.is_some())
             + usize::from(c.anonymous_patron.is_some());
         if kinds != 1 {
-            self.err(path, "a condition has exactly one of column, exists, not_exists or anonymous_patron");
+            self.err(
+                path,
+                "a condition has exactly one of column, exists, not_exists or anonymous_patron",
+            );
             return None;
         }
         if let Some(col) = &c.anonymous_patron {
-            return self.ident(&format!("{path}.anonymous_patron"), Some(col)).map(Condition::AnonymousPatron);
+            return self
+                .ident(&format!("{path}.anonymous_patron"), Some(col))
+                .map(Condition::AnonymousPatron);
         }
         if let Some(e) = c.exists.as_ref().or(c.not_exists.as_ref()) {
             let negated = c.not_exists.is_some();
@@ -1255,7 +1405,11 @@ impl Validator<'_> {
         let mut ok = true;
         for (i, f) in e.filter.as_deref().unwrap_or(&[]).iter().enumerate() {
             let fp = format!("{ep}.where[{i}]");
-            if f.exists.is_some() || f.not_exists.is_some() || f.anonymous_patron.is_some() || f.reason.is_some() {
+            if f.exists.is_some()
+                || f.not_exists.is_some()
+                || f.anonymous_patron.is_some()
+                || f.reason.is_some()
+            {
                 self.err(&fp, "where: holds column tests only");
                 ok = false;
                 continue;
@@ -1303,7 +1457,10 @@ impl Validator<'_> {
             return None;
         }
         if tests.len() != 1 {
-            self.err(path, "a column test has exactly one of eq, ne, gt, ge, lt, le, is_null, not_null");
+            self.err(
+                path,
+                "a column test has exactly one of eq, ne, gt, ge, lt, le, is_null, not_null",
+            );
             return None;
         }
         tests.pop()
@@ -1332,7 +1489,20 @@ fn merge_class(base: &mut RawClass, over: RawClass) {
     macro_rules! take {
         ($($f:ident),*) => { $( if over.$f.is_some() { base.$f = over.$f; } )* };
     }
-    take!(description, enabled, table, key, age, retain, action, anonymize, scope, immediate, exempt, delete_with);
+    take!(
+        description,
+        enabled,
+        table,
+        key,
+        age,
+        retain,
+        action,
+        anonymize,
+        scope,
+        immediate,
+        exempt,
+        delete_with
+    );
 }
 
 /// Parses a short duration such as "5 minutes", "30 seconds", "1 hour".
@@ -1340,7 +1510,8 @@ fn merge_class(base: &mut RawClass, over: RawClass) {
 /// # Errors
 /// A message naming the accepted forms.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let msg = || "expected a duration such as \"30 seconds\", \"5 minutes\" or \"1 hour\"".to_string();
+    let msg =
+        || "expected a duration such as \"30 seconds\", \"5 minutes\" or \"1 hour\"".to_string();
     let mut it = s.split_whitespace();
     let (Some(n), Some(u), None) = (it.next(), it.next(), it.next()) else {
         return Err(msg());

@@ -129,10 +129,12 @@ impl Tx {
     /// # Errors
     /// The statement failed.
     pub async fn execute<S: SqlxBinder>(&mut self, stmt: &S) -> Result<u64, DbError> {
-        Ok(on_backend!(self.target(), stmt, |sql, values, ex| sqlx::query_with(AssertSqlSafe(sql), values)
-            .execute(&mut *ex)
-            .await?
-            .rows_affected()))
+        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+            sqlx::query_with(AssertSqlSafe(sql), values)
+                .execute(&mut *ex)
+                .await?
+                .rows_affected()
+        }))
     }
 
     /// Runs a query whose first column is a 64-bit integer, returning that column of
@@ -142,7 +144,9 @@ impl Tx {
     /// The statement failed.
     pub async fn fetch_i64s<S: SqlxBinder>(&mut self, stmt: &S) -> Result<Vec<i64>, DbError> {
         Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
-            let rows = sqlx::query_with(AssertSqlSafe(sql), values).fetch_all(&mut *ex).await?;
+            let rows = sqlx::query_with(AssertSqlSafe(sql), values)
+                .fetch_all(&mut *ex)
+                .await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 if let Some(v) = r.try_get::<Option<i64>, _>(0)? {
@@ -157,9 +161,14 @@ impl Tx {
     ///
     /// # Errors
     /// The statement failed or returned no row.
-    pub async fn fetch_row_i64<S: SqlxBinder>(&mut self, stmt: &S) -> Result<Vec<Option<i64>>, DbError> {
+    pub async fn fetch_row_i64<S: SqlxBinder>(
+        &mut self,
+        stmt: &S,
+    ) -> Result<Vec<Option<i64>>, DbError> {
         Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
-            let r = sqlx::query_with(AssertSqlSafe(sql), values).fetch_one(&mut *ex).await?;
+            let r = sqlx::query_with(AssertSqlSafe(sql), values)
+                .fetch_one(&mut *ex)
+                .await?;
             let mut out = Vec::with_capacity(r.len());
             for i in 0..r.len() {
                 out.push(r.try_get::<Option<i64>, _>(i)?);
@@ -177,14 +186,23 @@ impl Db {
     /// # Errors
     /// [`DbError::Connect`] with the URL (without password) and the cause.
     pub async fn connect(cfg: &Config) -> Result<Db, DbError> {
-        Self::connect_url(cfg.database.backend, cfg.database.url.expose_secret(), &cfg.database.display_url).await
+        Self::connect_url(
+            cfg.database.backend,
+            cfg.database.url.expose_secret(),
+            &cfg.database.display_url,
+        )
+        .await
     }
 
     /// [`Db::connect`] from a URL.
     ///
     /// # Errors
     /// [`DbError::Connect`].
-    pub async fn connect_url(backend: Backend, url: &str, display_url: &str) -> Result<Db, DbError> {
+    pub async fn connect_url(
+        backend: Backend,
+        url: &str,
+        display_url: &str,
+    ) -> Result<Db, DbError> {
         let fail = |e: sqlx::Error| DbError::Connect {
             url: display_url.to_string(),
             cause: e.to_string(),
@@ -311,16 +329,14 @@ impl Db {
                 }
                 out
             }
-            Db::Postgres(p) => {
-                sqlx::query_as(
-                    "SELECT column_name::text, lower(data_type)::text FROM information_schema.columns \
+            Db::Postgres(p) => sqlx::query_as(
+                "SELECT column_name::text, lower(data_type)::text FROM information_schema.columns \
                      WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
-                )
-                .bind(table.schema.as_ref().map(|s| s.as_str().to_string()))
-                .bind(table.name.as_str())
-                .fetch_all(p)
-                .await?
-            }
+            )
+            .bind(table.schema.as_ref().map(|s| s.as_str().to_string()))
+            .bind(table.name.as_str())
+            .fetch_all(p)
+            .await?,
         };
         Ok(rows)
     }
@@ -343,7 +359,8 @@ impl Db {
             wanted.push((ctx, a.patron_table.clone(), a.patron_key.clone()));
         }
         let mut problems = Vec::new();
-        let mut cache: std::collections::HashMap<TableName, Vec<(String, String)>> = Default::default();
+        let mut cache: std::collections::HashMap<TableName, Vec<(String, String)>> =
+            Default::default();
         for (ctx, table, col) in &wanted {
             if !cache.contains_key(table) {
                 let cols = self.columns(table).await?;
@@ -355,13 +372,19 @@ impl Db {
                 if !problems.contains(&m) {
                     problems.push(m);
                 }
-            } else if !cols.iter().any(|(n, _)| n.eq_ignore_ascii_case(col.as_str())) {
+            } else if !cols
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(col.as_str()))
+            {
                 problems.push(format!("{ctx}: column {table}.{col} does not exist"));
             }
         }
         for c in &cfg.classes {
             if let Some(cols) = cache.get(&c.table) {
-                if let Some((_, ty)) = cols.iter().find(|(n, _)| n.eq_ignore_ascii_case(c.key.as_str())) {
+                if let Some((_, ty)) = cols
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(c.key.as_str()))
+                {
                     if !ty.contains("int") {
                         problems.push(format!(
                             "classes.{}: key {}.{} is of type {ty}: batches need an integer key",
@@ -386,7 +409,10 @@ impl Db {
     ///
     /// # Errors
     /// [`DbError::AnonymousPatron`]; [`DbError::Query`].
-    pub async fn anonymous_patron(&self, src: &AnonymousPatronSource) -> Result<Option<i64>, DbError> {
+    pub async fn anonymous_patron(
+        &self,
+        src: &AnonymousPatronSource,
+    ) -> Result<Option<i64>, DbError> {
         use sea_query::{Alias, Expr, ExprTrait, Query};
         let mut q = Query::select();
         let tn: sea_query::TableName = match &src.table.schema {
@@ -399,18 +425,27 @@ impl Db {
         let value: Option<String> = match self {
             Db::Sqlite(p) => {
                 let (s, v) = q.build_sqlx(SqliteQueryBuilder);
-                sqlx::query_scalar_with(AssertSqlSafe(s), v).fetch_optional(p).await?
+                sqlx::query_scalar_with(AssertSqlSafe(s), v)
+                    .fetch_optional(p)
+                    .await?
             }
             Db::MySql(p) => {
                 let (s, v) = q.build_sqlx(MysqlQueryBuilder);
-                sqlx::query_scalar_with(AssertSqlSafe(s), v).fetch_optional(p).await?
+                sqlx::query_scalar_with(AssertSqlSafe(s), v)
+                    .fetch_optional(p)
+                    .await?
             }
             Db::Postgres(p) => {
                 let (s, v) = q.build_sqlx(PostgresQueryBuilder);
-                sqlx::query_scalar_with(AssertSqlSafe(s), v).fetch_optional(p).await?
+                sqlx::query_scalar_with(AssertSqlSafe(s), v)
+                    .fetch_optional(p)
+                    .await?
             }
         };
-        let Some(value) = value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) else {
+        let Some(value) = value
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+        else {
             return Ok(None);
         };
         let id: i64 = value.parse().map_err(|_| {
@@ -421,7 +456,11 @@ impl Db {
         })?;
         let mut q = Query::select();
         let pt: sea_query::TableName = match &src.patron_table.schema {
-            Some(s) => (Alias::new(s.as_str()), Alias::new(src.patron_table.name.as_str())).into(),
+            Some(s) => (
+                Alias::new(s.as_str()),
+                Alias::new(src.patron_table.name.as_str()),
+            )
+                .into(),
             None => Alias::new(src.patron_table.name.as_str()).into(),
         };
         q.expr(Expr::val(1))
@@ -466,7 +505,9 @@ impl Db {
         match self {
             Db::Sqlite(_) => Ok(None),
             Db::MySql(p) => {
-                let t: chrono::NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)").fetch_one(p).await?;
+                let t: chrono::NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
+                    .fetch_one(p)
+                    .await?;
                 Ok(Some(t.and_utc()))
             }
             Db::Postgres(p) => {
@@ -495,11 +536,17 @@ fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>
     for (col, _) in &c.anonymize {
         out.push((ctx.clone(), c.table.clone(), col.clone()));
     }
-    let conds = c.scope.iter().chain(c.immediate.iter()).chain(c.exempt.iter().map(|(_, x)| x));
+    let conds = c
+        .scope
+        .iter()
+        .chain(c.immediate.iter())
+        .chain(c.exempt.iter().map(|(_, x)| x));
     for cond in conds {
         match cond {
             Condition::Column(t) => out.push((ctx.clone(), c.table.clone(), t.column().clone())),
-            Condition::AnonymousPatron(col) => out.push((ctx.clone(), c.table.clone(), col.clone())),
+            Condition::AnonymousPatron(col) => {
+                out.push((ctx.clone(), c.table.clone(), col.clone()))
+            }
             Condition::Exists {
                 table,
                 column,
@@ -513,7 +560,9 @@ fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>
                 }
                 for f in filter {
                     let col = match f {
-                        ColumnTest::Compare(col, ..) | ColumnTest::IsNull(col) | ColumnTest::NotNull(col) => col,
+                        ColumnTest::Compare(col, ..)
+                        | ColumnTest::IsNull(col)
+                        | ColumnTest::NotNull(col) => col,
                     };
                     out.push((ctx.clone(), table.clone(), col.clone()));
                 }
@@ -531,9 +580,15 @@ impl Tx {
     ///
     /// # Errors
     /// The statement failed.
-    pub async fn fetch_opt_strings<S: SqlxBinder>(&mut self, stmt: &S) -> Result<Option<Vec<Option<String>>>, DbError> {
+    pub async fn fetch_opt_strings<S: SqlxBinder>(
+        &mut self,
+        stmt: &S,
+    ) -> Result<Option<Vec<Option<String>>>, DbError> {
         Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
-            match sqlx::query_with(AssertSqlSafe(sql), values).fetch_optional(&mut *ex).await? {
+            match sqlx::query_with(AssertSqlSafe(sql), values)
+                .fetch_optional(&mut *ex)
+                .await?
+            {
                 None => None,
                 Some(r) => {
                     let mut out = Vec::with_capacity(r.len());
@@ -551,11 +606,16 @@ impl Tx {
     ///
     /// # Errors
     /// The statement failed.
-    pub async fn insert_returning_id(&mut self, stmt: &mut sea_query::InsertStatement) -> Result<i64, DbError> {
+    pub async fn insert_returning_id(
+        &mut self,
+        stmt: &mut sea_query::InsertStatement,
+    ) -> Result<i64, DbError> {
         match self {
             Tx::MySql(t) => {
                 let (sql, values) = stmt.build_sqlx(MysqlQueryBuilder);
-                sqlx::query_with(AssertSqlSafe(sql), values).execute(&mut **t).await?;
+                sqlx::query_with(AssertSqlSafe(sql), values)
+                    .execute(&mut **t)
+                    .await?;
                 let id: i64 = sqlx::query_scalar("SELECT CAST(LAST_INSERT_ID() AS SIGNED)")
                     .fetch_one(&mut **t)
                     .await?;
@@ -564,12 +624,16 @@ impl Tx {
             Tx::Sqlite(t) => {
                 stmt.returning_col(sea_query::Alias::new("id"));
                 let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
-                Ok(sqlx::query_scalar_with(AssertSqlSafe(sql), values).fetch_one(&mut **t).await?)
+                Ok(sqlx::query_scalar_with(AssertSqlSafe(sql), values)
+                    .fetch_one(&mut **t)
+                    .await?)
             }
             Tx::Postgres(t) => {
                 stmt.returning_col(sea_query::Alias::new("id"));
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
-                Ok(sqlx::query_scalar_with(AssertSqlSafe(sql), values).fetch_one(&mut **t).await?)
+                Ok(sqlx::query_scalar_with(AssertSqlSafe(sql), values)
+                    .fetch_one(&mut **t)
+                    .await?)
             }
         }
     }

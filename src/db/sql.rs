@@ -12,12 +12,13 @@
 
 use chrono::{NaiveDateTime, Utc};
 use sea_query::{
-    Alias, Asterisk, Cond, Condition as SqCond, DeleteStatement, Expr, ExprTrait, Func, LockType, Order, Query,
-    SelectStatement, UpdateStatement,
+    Alias, Asterisk, Cond, Condition as SqCond, DeleteStatement, Expr, ExprTrait, Func, LockType,
+    Order, Query, SelectStatement, UpdateStatement,
 };
 
 use crate::config::{
-    AgeType, Backend, ClassDef, CmpOp, ColumnTest, Condition, Ident, Reason, Scalar, Strategy, TableName,
+    AgeType, Backend, ClassDef, CmpOp, ColumnTest, Condition, Ident, Reason, Scalar, Strategy,
+    TableName,
 };
 use crate::policy::Cutoff;
 
@@ -106,7 +107,11 @@ pub fn condition(class: &ClassDef, c: &Condition, b: &Bindings) -> SqCond {
             matches,
             filter,
         } => {
-            let matches = if matches.as_str().is_empty() { &class.key } else { matches };
+            let matches = if matches.as_str().is_empty() {
+                &class.key
+            } else {
+                matches
+            };
             let mut sub = Query::select();
             sub.expr(Expr::val(1))
                 .from_as(table_ref(table), Alias::new(OTHER))
@@ -131,9 +136,9 @@ fn cutoff_value(kind: AgeType, b: &Bindings) -> Expr {
         (AgeType::Datetime, _) => Expr::val(b.cutoff.local),
         (AgeType::Date, Backend::Sqlite) => Expr::val(b.cutoff.date.format("%Y-%m-%d").to_string()),
         (AgeType::Date, _) => Expr::val(b.cutoff.date),
-        (AgeType::Timestamptz, Backend::Sqlite) => {
-            Expr::val(fmt_datetime(b.cutoff.instant.with_timezone(&Utc).naive_utc()))
-        }
+        (AgeType::Timestamptz, Backend::Sqlite) => Expr::val(fmt_datetime(
+            b.cutoff.instant.with_timezone(&Utc).naive_utc(),
+        )),
         (AgeType::Timestamptz, _) => Expr::val(b.cutoff.instant.with_timezone(&Utc)),
     }
 }
@@ -168,7 +173,9 @@ fn needs_change(class: &ClassDef, b: &Bindings) -> SqCond {
                 Some(a) => any.add(Cond::any().add(c.clone().is_null()).add(c.ne(a))),
                 None => any.add(c.is_not_null()),
             },
-            Strategy::SetValue(v) => any.add(Cond::any().add(c.clone().is_null()).add(c.ne(scalar(v)))),
+            Strategy::SetValue(v) => {
+                any.add(Cond::any().add(c.clone().is_null()).add(c.ne(scalar(v))))
+            }
         };
     }
     any
@@ -215,7 +222,13 @@ pub fn eligible(class: &ClassDef, b: &Bindings) -> SqCond {
 }
 
 /// One row of [`count_query`]: eligible rows and kept rows by reason.
-pub const COUNT_COLUMNS: [&str; 5] = ["eligible", "opt_in", "legal_hold", "obligations", "protected"];
+pub const COUNT_COLUMNS: [&str; 5] = [
+    "eligible",
+    "opt_in",
+    "legal_hold",
+    "obligations",
+    "protected",
+];
 
 /// `SELECT COUNT(CASE WHEN eligible THEN 1 END), COUNT(CASE WHEN <first reason> …) …
 /// FROM table WHERE <in period>`: one scan, each row counted once.
@@ -254,7 +267,10 @@ pub fn count_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
         } else {
             Cond::all().add(this)
         };
-        q.expr_as(Func::count(Expr::case(when, 1)), Alias::new(COUNT_COLUMNS[i + 1]));
+        q.expr_as(
+            Func::count(Expr::case(when, 1)),
+            Alias::new(COUNT_COLUMNS[i + 1]),
+        );
     }
     q.cond_where(in_period(class, b));
     q
@@ -338,7 +354,8 @@ pub fn anonymize_statement(class: &ClassDef, b: &Bindings, keys: &[i64]) -> Upda
         };
         u.value(Alias::new(col.as_str()), v);
     }
-    u.and_where(key_in(class, keys)).cond_where(eligible(class, b));
+    u.and_where(key_in(class, keys))
+        .cond_where(eligible(class, b));
     u
 }
 

@@ -97,7 +97,11 @@ pub async fn prepare(cfg: &Config, db: &Db) -> Result<Prepared, EngineError> {
 ///
 /// # Errors
 /// [`EngineError::Clock`] with both times and the skew; [`EngineError::Database`].
-pub async fn check_clock(cfg: &Config, db: &Db, host_now: DateTime<Utc>) -> Result<(), EngineError> {
+pub async fn check_clock(
+    cfg: &Config,
+    db: &Db,
+    host_now: DateTime<Utc>,
+) -> Result<(), EngineError> {
     let Some(server) = db.server_now().await? else {
         return Ok(());
     };
@@ -138,7 +142,13 @@ async fn count(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Counts, DbErro
     })
 }
 
-fn bindings(cfg: &Config, db: &Db, class: &ClassDef, at: DateTime<Utc>, p: &Prepared) -> Option<Bindings> {
+fn bindings(
+    cfg: &Config,
+    db: &Db,
+    class: &ClassDef,
+    at: DateTime<Utc>,
+    p: &Prepared,
+) -> Option<Bindings> {
     Some(Bindings {
         cutoff: policy::cutoff(at, cfg.schedule.timezone, class.retain)?,
         anonymous_patron: p.anonymous_patron,
@@ -253,7 +263,12 @@ pub fn policy_json(cfg: &Config) -> String {
 /// # Errors
 /// [`EngineError::Database`] when the ledger itself cannot be written; class failures
 /// are reported in the summary instead.
-pub async fn enforce_once(cfg: &Config, db: &Db, p: &Prepared, opts: &RunOptions) -> Result<RunSummary, EngineError> {
+pub async fn enforce_once(
+    cfg: &Config,
+    db: &Db,
+    p: &Prepared,
+    opts: &RunOptions,
+) -> Result<RunSummary, EngineError> {
     let mode = cfg.safety.mode;
     let started_at = opts.now;
     let run_id = ledger::open_run(db, mode, started_at, &policy_json(cfg)).await?;
@@ -345,7 +360,9 @@ async fn enforce_class(
 
     let mut interrupted = false;
     if cfg.safety.mode == Mode::Enforce && first.eligible > 0 {
-        let range = db.read_row_i64(&sql::range_query(class, db.backend())).await?;
+        let range = db
+            .read_row_i64(&sql::range_query(class, db.backend()))
+            .await?;
         let (lo, hi, total) = (
             range.first().copied().flatten(),
             range.get(1).copied().flatten(),
@@ -402,7 +419,8 @@ async fn enforce_class(
     }
     s.affected = ledger::affected(db, run_id, &class.name).await?;
     if interrupted && s.status == ClassStatus::Ok {
-        s.error = Some("interrupted: committed batches stand; the next run finishes the work".into());
+        s.error =
+            Some("interrupted: committed batches stand; the next run finishes the work".into());
     }
     ledger::close_class(db, run_id, &s).await?;
     tracing::info!(
@@ -440,11 +458,15 @@ async fn pass(
         }
         let to = from.saturating_add(step);
         let mut tx = db.begin().await?;
-        let keys = tx.fetch_i64s(&sql::batch_keys_query(class, b, from, to)).await?;
+        let keys = tx
+            .fetch_i64s(&sql::batch_keys_query(class, b, from, to))
+            .await?;
         if keys.is_empty() {
             drop(tx);
             // Skip any gap in the key space with one index lookup.
-            let next = db.read_row_i64(&sql::next_key_query(class, to, b.backend)).await?;
+            let next = db
+                .read_row_i64(&sql::next_key_query(class, to, b.backend))
+                .await?;
             match next.first().copied().flatten() {
                 Some(k) if k > from => from = k,
                 _ => break,
@@ -452,7 +474,10 @@ async fn pass(
             continue;
         }
         let changed = match class.action {
-            Action::Anonymize => tx.execute(&sql::anonymize_statement(class, b, &keys)).await?,
+            Action::Anonymize => {
+                tx.execute(&sql::anonymize_statement(class, b, &keys))
+                    .await?
+            }
             Action::Delete => {
                 let n = tx.execute(&sql::delete_statement(class, b, &keys)).await?;
                 if !class.delete_with.is_empty() {
@@ -461,12 +486,18 @@ async fn pass(
                     } else {
                         // Some rows stopped being eligible between select and delete:
                         // only the rows really deleted lose their dependents.
-                        let still = tx.fetch_i64s(&sql::existing_keys_query(class, &keys, b.backend)).await?;
-                        keys.iter().copied().filter(|k| !still.contains(k)).collect()
+                        let still = tx
+                            .fetch_i64s(&sql::existing_keys_query(class, &keys, b.backend))
+                            .await?;
+                        keys.iter()
+                            .copied()
+                            .filter(|k| !still.contains(k))
+                            .collect()
                     };
                     if !deleted.is_empty() {
                         for dep in &class.delete_with {
-                            tx.execute(&sql::delete_dependent_statement(dep, &deleted)).await?;
+                            tx.execute(&sql::delete_dependent_statement(dep, &deleted))
+                                .await?;
                         }
                     }
                 }

@@ -79,7 +79,10 @@ async fn close_stale_runs(db: &Db) -> Result<(), DbError> {
         let mut u = Query::update();
         u.table(t("lethe_run_classes"))
             .value(t("status"), "failed")
-            .value(t("error"), "interrupted: the worker stopped during this class")
+            .value(
+                t("error"),
+                "interrupted: the worker stopped during this class",
+            )
             .and_where(Expr::col(t("run_id")).eq(id))
             .and_where(Expr::col(t("status")).eq("running"));
         tx.execute(&u).await?;
@@ -92,7 +95,10 @@ async fn close_stale_runs(db: &Db) -> Result<(), DbError> {
         tx.execute(&u).await?;
         seal(&mut tx, id).await?;
         tx.commit().await?;
-        tracing::warn!(run_id = id, "an earlier run did not close: recorded as interrupted");
+        tracing::warn!(
+            run_id = id,
+            "an earlier run did not close: recorded as interrupted"
+        );
     }
     Ok(())
 }
@@ -101,7 +107,12 @@ async fn close_stale_runs(db: &Db) -> Result<(), DbError> {
 ///
 /// # Errors
 /// [`DbError`].
-pub async fn open_class(db: &Db, run_id: i64, position: usize, c: &ClassSummary) -> Result<(), DbError> {
+pub async fn open_class(
+    db: &Db,
+    run_id: i64,
+    position: usize,
+    c: &ClassSummary,
+) -> Result<(), DbError> {
     let mut ins = Query::insert();
     ins.into_table(t("lethe_run_classes"))
         .columns([
@@ -134,7 +145,12 @@ pub async fn open_class(db: &Db, run_id: i64, position: usize, c: &ClassSummary)
 ///
 /// # Errors
 /// [`DbError`]; the caller rolls the batch back.
-pub async fn add_batch(tx: &mut Tx, run_id: i64, class: &str, affected: u64) -> Result<(), DbError> {
+pub async fn add_batch(
+    tx: &mut Tx,
+    run_id: i64,
+    class: &str,
+    affected: u64,
+) -> Result<(), DbError> {
     let mut u = Query::update();
     u.table(t("lethe_run_classes"))
         .value(t("affected"), Expr::col(t("affected")).add(affected as i64))
@@ -233,7 +249,10 @@ async fn seal(tx: &mut Tx, run_id: i64) -> Result<(), DbError> {
         .and_where(Expr::col(t("hash")).is_not_null())
         .order_by(t("id"), Order::Desc)
         .limit(1);
-    let prev_hash = tx.fetch_opt_strings(&prev).await?.and_then(|mut r| r.pop().flatten());
+    let prev_hash = tx
+        .fetch_opt_strings(&prev)
+        .await?
+        .and_then(|mut r| r.pop().flatten());
 
     let mut run = Query::select();
     run.columns([
@@ -255,10 +274,17 @@ async fn seal(tx: &mut Tx, run_id: i64) -> Result<(), DbError> {
     let mut pos = 0i64;
     loop {
         let mut q = Query::select();
-        q.columns([t("class"), t("table_name"), t("action"), t("cutoff"), t("status"), t("error")])
-            .from(t("lethe_run_classes"))
-            .and_where(Expr::col(t("run_id")).eq(run_id))
-            .and_where(Expr::col(t("position")).eq(pos));
+        q.columns([
+            t("class"),
+            t("table_name"),
+            t("action"),
+            t("cutoff"),
+            t("status"),
+            t("error"),
+        ])
+        .from(t("lethe_run_classes"))
+        .and_where(Expr::col(t("run_id")).eq(run_id))
+        .and_where(Expr::col(t("position")).eq(pos));
         let Some(mut row) = tx.fetch_opt_strings(&q).await? else {
             break;
         };
@@ -322,13 +348,17 @@ pub struct LedgerRun {
 /// [`DbError`].
 pub async fn runs(db: &Db) -> Result<Vec<LedgerRun>, DbError> {
     let mut q = Query::select();
-    q.expr(Expr::col(t("id"))).from(t("lethe_runs")).order_by(t("id"), Order::Asc);
+    q.expr(Expr::col(t("id")))
+        .from(t("lethe_runs"))
+        .order_by(t("id"), Order::Asc);
     let mut tx = db.begin().await?;
     let ids = tx.fetch_i64s(&q).await?;
     let mut out = Vec::new();
     for id in ids {
         let mut s = Query::select();
-        s.column(t("status")).from(t("lethe_runs")).and_where(Expr::col(t("id")).eq(id));
+        s.column(t("status"))
+            .from(t("lethe_runs"))
+            .and_where(Expr::col(t("id")).eq(id));
         let status = tx
             .fetch_opt_strings(&s)
             .await?
@@ -342,7 +372,11 @@ pub async fn runs(db: &Db) -> Result<Vec<LedgerRun>, DbError> {
                 .from(t("lethe_run_classes"))
                 .and_where(Expr::col(t("run_id")).eq(id))
                 .and_where(Expr::col(t("position")).eq(pos));
-            let Some(name) = tx.fetch_opt_strings(&c).await?.and_then(|mut r| r.pop().flatten()) else {
+            let Some(name) = tx
+                .fetch_opt_strings(&c)
+                .await?
+                .and_then(|mut r| r.pop().flatten())
+            else {
                 break;
             };
             let mut a = Query::select();
@@ -350,11 +384,21 @@ pub async fn runs(db: &Db) -> Result<Vec<LedgerRun>, DbError> {
                 .from(t("lethe_run_classes"))
                 .and_where(Expr::col(t("run_id")).eq(id))
                 .and_where(Expr::col(t("position")).eq(pos));
-            let n = tx.fetch_row_i64(&a).await?.first().copied().flatten().unwrap_or(0);
+            let n = tx
+                .fetch_row_i64(&a)
+                .await?
+                .first()
+                .copied()
+                .flatten()
+                .unwrap_or(0);
             affected.push((name, n.clamp_nonneg()));
             pos += 1;
         }
-        out.push(LedgerRun { id, status, affected });
+        out.push(LedgerRun {
+            id,
+            status,
+            affected,
+        });
     }
     tx.commit().await?;
     Ok(out)

@@ -39,7 +39,12 @@ impl Drop for TestDb {
         if let Some(name) = &self.mysql_name {
             // Drop the test database with the CLI: Drop cannot await.
             let _ = std::process::Command::new("mariadb")
-                .args(["-uroot", "-h127.0.0.1", "-e", &format!("DROP DATABASE IF EXISTS `{name}`")])
+                .args([
+                    "-uroot",
+                    "-h127.0.0.1",
+                    "-e",
+                    &format!("DROP DATABASE IF EXISTS `{name}`"),
+                ])
                 .status();
         }
     }
@@ -50,8 +55,11 @@ impl Drop for TestDb {
 pub fn mysql_ddl() -> String {
     let path = std::env::var("LETHE_KOHA_DDL")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/koha_mysql.sql"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/koha_mysql.sql")
+        });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     // Koha's file declares sip_accounts.patron_branchcode_in_ao twice (ERROR 1060):
     // drop the second, identical line (shared/fixtures/koha/SOURCE.md).
     let mut seen = false;
@@ -138,15 +146,24 @@ impl TestDb {
         let ddl = mysql_ddl();
         if let Raw::MySql(p) = &db.raw {
             let mut conn = p.acquire().await.unwrap();
-            sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *conn).await.unwrap();
+            sqlx::raw_sql(AssertSqlSafe(ddl))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
         }
         Some(db)
     }
 
     pub async fn exec(&self, sql: &str) {
         match &self.raw {
-            Raw::Sqlite(p) => sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(p).await.map(|_| ()),
-            Raw::MySql(p) => sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(p).await.map(|_| ()),
+            Raw::Sqlite(p) => sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                .execute(p)
+                .await
+                .map(|_| ()),
+            Raw::MySql(p) => sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                .execute(p)
+                .await
+                .map(|_| ()),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
@@ -155,13 +172,23 @@ impl TestDb {
     pub async fn int(&self, sql: &str) -> Option<i64> {
         let q = format!("SELECT CAST(({sql}) AS {}) AS v", self.int_type());
         match &self.raw {
-            Raw::Sqlite(p) => sqlx::query(AssertSqlSafe(q)).fetch_one(p).await.unwrap().get::<Option<i64>, _>(0),
-            Raw::MySql(p) => sqlx::query(AssertSqlSafe(q)).fetch_one(p).await.unwrap().get::<Option<i64>, _>(0),
+            Raw::Sqlite(p) => sqlx::query(AssertSqlSafe(q))
+                .fetch_one(p)
+                .await
+                .unwrap()
+                .get::<Option<i64>, _>(0),
+            Raw::MySql(p) => sqlx::query(AssertSqlSafe(q))
+                .fetch_one(p)
+                .await
+                .unwrap()
+                .get::<Option<i64>, _>(0),
         }
     }
 
     pub async fn count(&self, sql_where: &str) -> i64 {
-        self.int(&format!("SELECT COUNT(*) FROM {sql_where}")).await.unwrap_or(0)
+        self.int(&format!("SELECT COUNT(*) FROM {sql_where}"))
+            .await
+            .unwrap_or(0)
     }
 
     fn int_type(&self) -> &'static str {
@@ -189,7 +216,10 @@ impl TestDb {
             .await
             .unwrap(),
         };
-        self.columns.lock().unwrap().insert(table.to_string(), cols.clone());
+        self.columns
+            .lock()
+            .unwrap()
+            .insert(table.to_string(), cols.clone());
         cols
     }
 
@@ -198,15 +228,23 @@ impl TestDb {
     pub async fn insert(&self, table: &str, values: &[(&str, V)]) {
         let cols = self.table_columns(table).await;
         assert!(!cols.is_empty(), "no table {table}");
-        let kept: Vec<&(&str, V)> = values.iter().filter(|(c, _)| cols.iter().any(|x| x == c)).collect();
+        let kept: Vec<&(&str, V)> = values
+            .iter()
+            .filter(|(c, _)| cols.iter().any(|x| x == c))
+            .collect();
         let q = |c: &str| match self.backend {
             Backend::MySql => format!("`{c}`"),
             _ => format!("\"{c}\""),
         };
         let names: Vec<String> = kept.iter().map(|(c, _)| q(c)).collect();
         let vals: Vec<String> = kept.iter().map(|(_, v)| v.sql()).collect();
-        self.exec(&format!("INSERT INTO {} ({}) VALUES ({})", q(table), names.join(", "), vals.join(", ")))
-            .await;
+        self.exec(&format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            q(table),
+            names.join(", "),
+            vals.join(", ")
+        ))
+        .await;
     }
 
     /// A config for this database: the Koha profile plus `extra` YAML lines.
@@ -217,7 +255,10 @@ impl TestDb {
 
 fn rand_suffix() -> u32 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos() % 100_000).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 100_000)
+        .unwrap_or(0)
 }
 
 /// A SQL literal for test seeding (test data only; Lethe itself binds every value).
@@ -265,22 +306,42 @@ pub fn config_for(url: &str, extra: &str) -> Config {
 /// staff), a biblio with items, the anonymous patron (borrowernumber 1) named in
 /// systempreferences.
 pub async fn koha_reference(db: &TestDb, anonymous: Option<&str>) {
-    db.insert("branches", &[("branchcode", s("MAIN")), ("branchname", s("Main Library"))]).await;
+    db.insert(
+        "branches",
+        &[("branchcode", s("MAIN")), ("branchname", s("Main Library"))],
+    )
+    .await;
     for (code, ty) in [("PT", "A"), ("CH", "C"), ("ST", "S")] {
         db.insert(
             "categories",
-            &[("categorycode", s(code)), ("description", s(code)), ("category_type", s(ty))],
+            &[
+                ("categorycode", s(code)),
+                ("description", s(code)),
+                ("category_type", s(ty)),
+            ],
         )
         .await;
     }
     db.insert(
         "biblio",
-        &[("biblionumber", i(1)), ("title", s("A Book")), ("frameworkcode", s("")), ("datecreated", s("2020-01-01"))],
+        &[
+            ("biblionumber", i(1)),
+            ("title", s("A Book")),
+            ("frameworkcode", s("")),
+            ("datecreated", s("2020-01-01")),
+        ],
     )
     .await;
     if !db.table_columns("biblioitems").await.is_empty() {
-        db.insert("biblioitems", &[("biblioitemnumber", i(1)), ("biblionumber", i(1)), ("itemtype", s("BK"))])
-            .await;
+        db.insert(
+            "biblioitems",
+            &[
+                ("biblioitemnumber", i(1)),
+                ("biblionumber", i(1)),
+                ("itemtype", s("BK")),
+            ],
+        )
+        .await;
     }
     for n in 1..=40 {
         db.insert(
@@ -343,7 +404,13 @@ pub async fn old_issue(db: &TestDb, id: i64, borrower: Option<i64>, returndate: 
 }
 
 /// A fine or credit.
-pub async fn accountline(db: &TestDb, id: i64, borrower: Option<i64>, old_issue: Option<i64>, outstanding: f64) {
+pub async fn accountline(
+    db: &TestDb,
+    id: i64,
+    borrower: Option<i64>,
+    old_issue: Option<i64>,
+    outstanding: f64,
+) {
     db.insert(
         "accountlines",
         &[

@@ -14,11 +14,18 @@ fn shipped_retention_yaml_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("retention.yaml");
     let cfg = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = cfg.classes.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["circulation_history", "holds_history", "expired_patrons"]);
+    assert_eq!(
+        names,
+        ["circulation_history", "holds_history", "expired_patrons"]
+    );
     assert_eq!(cfg.classes[0].retain.to_string(), "30 days");
     assert_eq!(cfg.classes[2].retain.to_string(), "2 years");
     assert_eq!(cfg.schedule.timezone.name(), "America/New_York");
-    assert!(cfg.database.display_url.ends_with("demo/library.db"), "{}", cfg.database.display_url);
+    assert!(
+        cfg.database.display_url.ends_with("demo/library.db"),
+        "{}",
+        cfg.database.display_url
+    );
 }
 
 #[test]
@@ -42,9 +49,17 @@ fn every_bad_config_is_rejected_with_its_place() {
             Ok(_) => panic!("{} was accepted", path.display()),
             Err(e) => e,
         };
-        assert!(started.elapsed().as_secs() < 2, "{} took too long", path.display());
+        assert!(
+            started.elapsed().as_secs() < 2,
+            "{} took too long",
+            path.display()
+        );
         let msg = err.to_string();
-        assert!(msg.contains(expect), "{}: expected {expect:?} in:\n{msg}", path.display());
+        assert!(
+            msg.contains(expect),
+            "{}: expected {expect:?} in:\n{msg}",
+            path.display()
+        );
         let file = path.display().to_string();
         for e in &err.0 {
             assert!(e.file.starts_with(&file), "{msg}");
@@ -52,7 +67,11 @@ fn every_bad_config_is_rejected_with_its_place() {
         // Every error names a line and column, except the ones about the whole file.
         let whole_file = ["empty", "not UTF-8"];
         if !whole_file.iter().any(|w| msg.contains(w)) {
-            assert!(err.0.iter().all(|e| e.location.is_some()), "{}: no location in:\n{msg}", path.display());
+            assert!(
+                err.0.iter().all(|e| e.location.is_some()),
+                "{}: no location in:\n{msg}",
+                path.display()
+            );
         }
     }
     assert!(n >= 30, "only {n} bad configs");
@@ -62,10 +81,19 @@ fn every_bad_config_is_rejected_with_its_place() {
 fn all_errors_are_reported_at_once() {
     let err = config::load(&dir().join("many-errors.yaml")).unwrap_err();
     let msg = err.to_string();
-    for want in ["schedule.timezone", "safety.mode", "classes.circulation_history.retain", "classes.holds_history.retain"] {
+    for want in [
+        "schedule.timezone",
+        "safety.mode",
+        "classes.circulation_history.retain",
+        "classes.holds_history.retain",
+    ] {
         assert!(msg.contains(want), "{want} missing in:\n{msg}");
     }
-    let tz = err.0.iter().find(|e| e.path == "schedule.timezone").unwrap();
+    let tz = err
+        .0
+        .iter()
+        .find(|e| e.path == "schedule.timezone")
+        .unwrap();
     assert_eq!(tz.location.map(|l| (l.line, l.column)), Some((7, 13)));
 }
 
@@ -80,9 +108,17 @@ fn env_expansion_and_password_from_environment() {
     let cfg = config::parse_str(yaml, "x.yaml", Path::new("/tmp"), &env).unwrap();
     use secrecy::ExposeSecret;
     assert_eq!(cfg.database.display_url, "mysql://koha@127.0.0.1/koha");
-    assert!(cfg.database.url.expose_secret().contains("koha:p%40ss%3Aw%2Frd@127.0.0.1"));
+    assert!(
+        cfg.database
+            .url
+            .expose_secret()
+            .contains("koha:p%40ss%3Aw%2Frd@127.0.0.1")
+    );
     // The password never shows in Debug output.
     assert!(!format!("{cfg:?}").contains("p@ss"));
     let missing = config::parse_str(yaml, "x.yaml", Path::new("/tmp"), &|_| None).unwrap_err();
-    assert!(missing.to_string().contains("KOHA_PW is not set"), "{missing}");
+    assert!(
+        missing.to_string().contains("KOHA_PW is not set"),
+        "{missing}"
+    );
 }

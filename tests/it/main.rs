@@ -1,7 +1,11 @@
 //! Lethe's integration tests: one test binary (STYLE.md), real SQLite files, the
 //! MariaDB server on this machine, a real SMTP server process.
 
+#[macro_use]
 mod common;
-mod config;
 mod cli;
+mod config;
+#[macro_use]
 mod engine;
+mod realistic;
+mod report;
