@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,8 @@ use crate::job;
 /// (croner resolves daylight-saving gaps and folds in the zone). `None` when the
 /// pattern never fires.
 pub fn next_fire(schedule: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    // Whole seconds: croner keeps the start's fraction of a second in its result.
+    let after = after.with_nanosecond(0).unwrap_or(after);
     let local = after.with_timezone(&schedule.timezone);
     schedule
         .cron

@@ -418,6 +418,10 @@ async fn enforce_class(
         }
     }
     s.affected = ledger::affected(db, run_id, &class.name).await?;
+    // A pass can change rows that became eligible during it through the class's own
+    // changes (a guarantor after its child, further on in the same pass): count them as
+    // eligible too, so that eligible never reads less than what was changed.
+    s.eligible = s.eligible.max(s.affected);
     if interrupted && s.status == ClassStatus::Ok {
         s.error =
             Some("interrupted: committed batches stand; the next run finishes the work".into());

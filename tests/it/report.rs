@@ -336,7 +336,7 @@ fn quoted_printable(text: &str) -> Vec<u8> {
 
 /// Decodes RFC 2047 encoded words (`=?utf-8?b?...?=`, `=?utf-8?q?...?=`); the blanks
 /// between two adjacent encoded words are dropped.
-fn decode_header(value: &str) -> String {
+pub fn decode_header(value: &str) -> String {
     let mut out: Vec<u8> = Vec::new();
     let mut previous_encoded = false;
     for (i, token) in value.split_whitespace().enumerate() {
