@@ -70,12 +70,52 @@ enum Command {
         #[arg(long)]
         allow_large: bool,
     },
+    /// The ledger of runs: list, show, verify the hash chain, export.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Create the demo library (SQLite) if absent, then run once on it.
     Demo {
         /// Folder of the demo library and its outbox.
         #[arg(long, default_value = "demo")]
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerCommand {
+    /// One line per run: id, start, mode, status, rows changed, hash.
+    List,
+    /// One run in full: its classes, counts, cutoffs, policy and hashes.
+    Show {
+        /// The run id.
+        id: i64,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the hash chain: the first altered, removed or reordered entry (exit 1),
+    /// or the number of entries verified (exit 0).
+    Verify {
+        /// Verify an exported file offline, without a database.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Write the ledger to stdout: JSON (self-contained, verifiable offline) or CSV.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+        /// Only runs started on or after this date (UTC), e.g. 2026-01-01.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Json,
+    Csv,
 }
 
 fn init_logs(format: LogFormat) {
@@ -112,6 +152,7 @@ async fn main() -> ExitCode {
             allow_large,
         } => run(&cli.config, *once, *json, *allow_large).await,
         Command::Demo { dir } => demo_cmd(&cli.config, dir).await,
+        Command::Ledger { command } => ledger_cmd(&cli.config, command).await,
     };
     ExitCode::from(code)
 }
@@ -430,5 +471,200 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
             run_exit(&outcome.summary)
         }
         Err(e) => engine_exit(&e),
+    }
+}
+
+async fn ledger_cmd(path: &Path, command: &LedgerCommand) -> u8 {
+    use lethe::ledger::chain;
+    if let LedgerCommand::Verify { file: Some(f) } = command {
+        // Offline: no config, no database.
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("lethe: cannot read {}: {e}", f.display());
+                return 2;
+            }
+        };
+        let export: chain::Export = match serde_json::from_str(&text) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("lethe: {} is not a Lethe ledger export: {e}", f.display());
+                return 2;
+            }
+        };
+        return match chain::verify_export(&export) {
+            Ok(n) => {
+                println!(
+                    "ledger file {}: {n} entries verified, chain intact",
+                    f.display()
+                );
+                0
+            }
+            Err(e) => {
+                println!("ledger file {}: chain broken at {e}", f.display());
+                1
+            }
+        };
+    }
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(c) => return c,
+    };
+    let db = match Db::connect(&cfg).await {
+        Ok(db) => db,
+        Err(e) => return engine_exit(&e.into()),
+    };
+    let code = match ledger_on(&db, command).await {
+        Ok(code) => code,
+        Err(e) => engine_exit(&e.into()),
+    };
+    db.close().await;
+    code
+}
+
+async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::DbError> {
+    use lethe::ledger::{self, chain};
+    // Reading the ledger needs Lethe's tables; creating them empty is harmless.
+    db.migrate().await?;
+    match command {
+        LedgerCommand::List => {
+            println!(
+                "{:>6}  {:<27}  {:<8}  {:<11}  {:>9}  hash",
+                "run", "started (UTC)", "mode", "status", "changed"
+            );
+            for e in ledger::entries(db, None).await? {
+                println!(
+                    "{:>6}  {:<27}  {:<8}  {:<11}  {:>9}  {}",
+                    e.id,
+                    e.started_at,
+                    e.mode,
+                    e.status,
+                    e.total_affected(),
+                    e.hash
+                        .as_deref()
+                        .map(|h| &h[..h.len().min(16)])
+                        .unwrap_or("(open)")
+                );
+            }
+            Ok(0)
+        }
+        LedgerCommand::Show { id, json } => {
+            let Some(e) = ledger::entry(db, *id).await? else {
+                eprintln!("lethe: no run {id} in the ledger");
+                return Ok(1);
+            };
+            if *json {
+                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                return Ok(0);
+            }
+            println!(
+                "run {}: {} {} on {} (Lethe {})",
+                e.id, e.mode, e.status, e.host, e.version
+            );
+            println!(
+                "started {}  finished {}",
+                e.started_at,
+                e.finished_at.as_deref().unwrap_or("-")
+            );
+            if let Some(err) = &e.error {
+                println!("error: {err}");
+            }
+            for c in &e.classes {
+                println!(
+                    "  {} ({} {}): cutoff {}, eligible {}, changed {} in {} batches, kept opt_in {} legal_hold {} \
+                     obligations {} protected {}, {}{}",
+                    c.class,
+                    c.action,
+                    c.table,
+                    c.cutoff,
+                    c.eligible,
+                    c.affected,
+                    c.batches,
+                    c.kept_opt_in,
+                    c.kept_legal_hold,
+                    c.kept_obligations,
+                    c.kept_protected,
+                    c.status,
+                    c.error
+                        .as_deref()
+                        .map(|x| format!(": {x}"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("policy sha256 {}", e.policy_sha256);
+            println!("policy {}", e.policy);
+            println!("prev hash {}", e.prev_hash.as_deref().unwrap_or("-"));
+            println!("hash {}", e.hash.as_deref().unwrap_or("(open)"));
+            Ok(0)
+        }
+        LedgerCommand::Verify { .. } => {
+            let entries = ledger::entries(db, None).await?;
+            match chain::verify(&entries) {
+                Ok(n) => {
+                    println!("ledger: {n} entries verified, chain intact");
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("ledger: chain broken at {e}");
+                    Ok(1)
+                }
+            }
+        }
+        LedgerCommand::Export { format, since } => {
+            let since_t = match since.as_deref() {
+                None => None,
+                Some(s) => match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+                    Ok(d) => d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()),
+                    Err(_) => {
+                        eprintln!("lethe: --since {s:?} is not a date such as 2026-01-01");
+                        return Ok(2);
+                    }
+                },
+            };
+            let entries = ledger::entries(db, since_t).await?;
+            match format {
+                ExportFormat::Json => {
+                    let x = chain::Export {
+                        format: chain::EXPORT_FORMAT.to_string(),
+                        exported_at: Utc::now().to_rfc3339(),
+                        complete: since_t.is_none(),
+                        entries,
+                    };
+                    println!("{}", serde_json::to_string_pretty(&x).unwrap_or_default());
+                }
+                ExportFormat::Csv => {
+                    println!(
+                        "run_id,started_at,finished_at,mode,run_status,class,table,action,cutoff,eligible,affected,\
+                         kept_opt_in,kept_legal_hold,kept_obligations,kept_protected,batches,class_status,hash"
+                    );
+                    for e in &entries {
+                        for c in &e.classes {
+                            println!(
+                                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                                e.id,
+                                e.started_at,
+                                e.finished_at.as_deref().unwrap_or(""),
+                                e.mode,
+                                e.status,
+                                c.class,
+                                c.table,
+                                c.action,
+                                c.cutoff,
+                                c.eligible,
+                                c.affected,
+                                c.kept_opt_in,
+                                c.kept_legal_hold,
+                                c.kept_obligations,
+                                c.kept_protected,
+                                c.batches,
+                                c.status,
+                                e.hash.as_deref().unwrap_or("")
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(0)
+        }
     }
 }

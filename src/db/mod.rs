@@ -638,3 +638,74 @@ impl Tx {
         }
     }
 }
+
+/// One value of a row read without knowing its type in advance: the ledger reads its
+/// own tables this way on every backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    /// NULL.
+    Null,
+    /// An integer.
+    Int(i64),
+    /// Text.
+    Text(String),
+}
+
+impl Cell {
+    /// The text, or the integer as text; `None` for NULL.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Cell::Null => None,
+            Cell::Int(i) => Some(i.to_string()),
+            Cell::Text(s) => Some(s.clone()),
+        }
+    }
+
+    /// The integer (text that parses as one counts); 0 for NULL or other text.
+    pub fn int(&self) -> i64 {
+        match self {
+            Cell::Int(i) => *i,
+            Cell::Text(s) => s.parse().unwrap_or(0),
+            Cell::Null => 0,
+        }
+    }
+}
+
+fn cell<R: Row>(r: &R, i: usize) -> Result<Cell, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    if let Ok(v) = r.try_get::<Option<i64>, _>(i) {
+        return Ok(v.map_or(Cell::Null, Cell::Int));
+    }
+    Ok(r.try_get::<Option<String>, _>(i)?
+        .map_or(Cell::Null, Cell::Text))
+}
+
+impl Tx {
+    /// Runs a query and returns every row as [`Cell`]s.
+    ///
+    /// # Errors
+    /// The statement failed.
+    pub async fn fetch_cells<S: SqlxBinder>(
+        &mut self,
+        stmt: &S,
+    ) -> Result<Vec<Vec<Cell>>, DbError> {
+        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+            let rows = sqlx::query_with(AssertSqlSafe(sql), values)
+                .fetch_all(&mut *ex)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let mut row = Vec::with_capacity(r.len());
+                for i in 0..r.len() {
+                    row.push(cell(r, i)?);
+                }
+                out.push(row);
+            }
+            out
+        }))
+    }
+}

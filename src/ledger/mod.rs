@@ -7,8 +7,11 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_query::{Alias, Expr, ExprTrait, Order, Query};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+pub mod chain;
+
+pub use chain::{LedgerClass, LedgerEntry};
 
 use crate::db::{Db, DbError, Tx};
 use crate::summary::{ClassSummary, Mode, RunStatus};
@@ -223,22 +226,6 @@ pub async fn close_run(
     Ok(())
 }
 
-/// The canonical content of a run that its hash covers.
-#[derive(Debug, Serialize)]
-struct Canonical {
-    id: i64,
-    host: Option<String>,
-    version: Option<String>,
-    mode: Option<String>,
-    started_at: Option<String>,
-    finished_at: Option<String>,
-    status: Option<String>,
-    policy_sha256: Option<String>,
-    error: Option<String>,
-    classes: Vec<Vec<Option<String>>>,
-    prev_hash: Option<String>,
-}
-
 /// Computes and stores the run's hash over its canonical content and the previous
 /// sealed run's hash.
 async fn seal(tx: &mut Tx, run_id: i64) -> Result<(), DbError> {
@@ -253,75 +240,11 @@ async fn seal(tx: &mut Tx, run_id: i64) -> Result<(), DbError> {
         .fetch_opt_strings(&prev)
         .await?
         .and_then(|mut r| r.pop().flatten());
-
-    let mut run = Query::select();
-    run.columns([
-        t("host"),
-        t("version"),
-        t("mode"),
-        t("started_at"),
-        t("finished_at"),
-        t("status"),
-        t("policy_sha256"),
-        t("error"),
-    ])
-    .from(t("lethe_runs"))
-    .and_where(Expr::col(t("id")).eq(run_id));
-    let r = tx.fetch_opt_strings(&run).await?.unwrap_or_default();
-    let get = |i: usize| r.get(i).cloned().flatten();
-
-    let mut classes = Vec::new();
-    let mut pos = 0i64;
-    loop {
-        let mut q = Query::select();
-        q.columns([
-            t("class"),
-            t("table_name"),
-            t("action"),
-            t("cutoff"),
-            t("status"),
-            t("error"),
-        ])
-        .from(t("lethe_run_classes"))
-        .and_where(Expr::col(t("run_id")).eq(run_id))
-        .and_where(Expr::col(t("position")).eq(pos));
-        let Some(mut row) = tx.fetch_opt_strings(&q).await? else {
-            break;
-        };
-        let mut n = Query::select();
-        n.columns([
-            t("eligible"),
-            t("affected"),
-            t("kept_opt_in"),
-            t("kept_legal_hold"),
-            t("kept_obligations"),
-            t("kept_protected"),
-            t("batches"),
-        ])
-        .from(t("lethe_run_classes"))
-        .and_where(Expr::col(t("run_id")).eq(run_id))
-        .and_where(Expr::col(t("position")).eq(pos));
-        for v in tx.fetch_row_i64(&n).await? {
-            row.push(v.map(|x| x.to_string()));
-        }
-        classes.push(row);
-        pos += 1;
-    }
-    let canonical = Canonical {
-        id: run_id,
-        host: get(0),
-        version: get(1),
-        mode: get(2),
-        started_at: get(3),
-        finished_at: get(4),
-        status: get(5),
-        policy_sha256: get(6),
-        error: get(7),
-        classes,
-        prev_hash: prev_hash.clone(),
+    let Some(mut entry) = load_entries(tx, Some(run_id), None).await?.pop() else {
+        return Ok(());
     };
-    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-    let hash = hex::encode(Sha256::digest(&bytes));
+    entry.prev_hash = prev_hash.clone();
+    let hash = chain::entry_hash(&entry);
     let mut u = Query::update();
     u.table(t("lethe_runs"))
         .value(t("prev_hash"), prev_hash)
@@ -331,75 +254,129 @@ async fn seal(tx: &mut Tx, run_id: i64) -> Result<(), DbError> {
     Ok(())
 }
 
-/// One closed run as the ledger holds it, for `plan`'s comparison and for tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerRun {
-    /// The run id.
-    pub id: i64,
-    /// Its status.
-    pub status: String,
-    /// Per class: name and affected.
-    pub affected: Vec<(String, u64)>,
+const RUN_COLUMNS: [&str; 12] = [
+    "id",
+    "host",
+    "version",
+    "mode",
+    "started_at",
+    "finished_at",
+    "status",
+    "policy_sha256",
+    "policy",
+    "error",
+    "prev_hash",
+    "hash",
+];
+
+const CLASS_COLUMNS: [&str; 15] = [
+    "run_id",
+    "position",
+    "class",
+    "table_name",
+    "action",
+    "cutoff",
+    "eligible",
+    "affected",
+    "kept_opt_in",
+    "kept_legal_hold",
+    "kept_obligations",
+    "kept_protected",
+    "batches",
+    "status",
+    "error",
+];
+
+/// Reads ledger entries in id order: one run (`only`), or all runs started at or after
+/// `since` (RFC 3339 text compares in time order: every stored time is UTC with the
+/// same precision).
+async fn load_entries(
+    tx: &mut Tx,
+    only: Option<i64>,
+    since: Option<&str>,
+) -> Result<Vec<LedgerEntry>, DbError> {
+    let mut q = Query::select();
+    q.columns(RUN_COLUMNS.map(t))
+        .from(t("lethe_runs"))
+        .order_by(t("id"), Order::Asc);
+    if let Some(id) = only {
+        q.and_where(Expr::col(t("id")).eq(id));
+    }
+    if let Some(since) = since {
+        q.and_where(Expr::col(t("started_at")).gte(since));
+    }
+    let runs = tx.fetch_cells(&q).await?;
+    let mut c = Query::select();
+    c.columns(CLASS_COLUMNS.map(t))
+        .from(t("lethe_run_classes"))
+        .order_by(t("run_id"), Order::Asc)
+        .order_by(t("position"), Order::Asc);
+    if let Some(id) = only {
+        c.and_where(Expr::col(t("run_id")).eq(id));
+    }
+    let mut classes: std::collections::BTreeMap<i64, Vec<LedgerClass>> = Default::default();
+    for r in tx.fetch_cells(&c).await? {
+        let text = |i: usize| r[i].text().unwrap_or_default();
+        classes.entry(r[0].int()).or_default().push(LedgerClass {
+            position: r[1].int(),
+            class: text(2),
+            table: text(3),
+            action: text(4),
+            cutoff: text(5),
+            eligible: r[6].int(),
+            affected: r[7].int(),
+            kept_opt_in: r[8].int(),
+            kept_legal_hold: r[9].int(),
+            kept_obligations: r[10].int(),
+            kept_protected: r[11].int(),
+            batches: r[12].int(),
+            status: text(13),
+            error: r[14].text(),
+        });
+    }
+    Ok(runs
+        .into_iter()
+        .map(|r| {
+            let id = r[0].int();
+            LedgerEntry {
+                id,
+                host: r[1].text().unwrap_or_default(),
+                version: r[2].text().unwrap_or_default(),
+                mode: r[3].text().unwrap_or_default(),
+                started_at: r[4].text().unwrap_or_default(),
+                finished_at: r[5].text(),
+                status: r[6].text().unwrap_or_default(),
+                policy_sha256: r[7].text().unwrap_or_default(),
+                policy: r[8].text().unwrap_or_default(),
+                error: r[9].text(),
+                classes: classes.remove(&id).unwrap_or_default(),
+                prev_hash: r[10].text(),
+                hash: r[11].text(),
+            }
+        })
+        .collect())
 }
 
-/// Lists runs, oldest first, with their per-class `affected` counts.
+/// Every ledger entry (run) in id order, optionally only those started at or after
+/// `since` (UTC).
 ///
 /// # Errors
 /// [`DbError`].
-pub async fn runs(db: &Db) -> Result<Vec<LedgerRun>, DbError> {
-    let mut q = Query::select();
-    q.expr(Expr::col(t("id")))
-        .from(t("lethe_runs"))
-        .order_by(t("id"), Order::Asc);
+pub async fn entries(db: &Db, since: Option<DateTime<Utc>>) -> Result<Vec<LedgerEntry>, DbError> {
     let mut tx = db.begin().await?;
-    let ids = tx.fetch_i64s(&q).await?;
-    let mut out = Vec::new();
-    for id in ids {
-        let mut s = Query::select();
-        s.column(t("status"))
-            .from(t("lethe_runs"))
-            .and_where(Expr::col(t("id")).eq(id));
-        let status = tx
-            .fetch_opt_strings(&s)
-            .await?
-            .and_then(|mut r| r.pop().flatten())
-            .unwrap_or_default();
-        let mut affected = Vec::new();
-        let mut pos = 0i64;
-        loop {
-            let mut c = Query::select();
-            c.column(t("class"))
-                .from(t("lethe_run_classes"))
-                .and_where(Expr::col(t("run_id")).eq(id))
-                .and_where(Expr::col(t("position")).eq(pos));
-            let Some(name) = tx
-                .fetch_opt_strings(&c)
-                .await?
-                .and_then(|mut r| r.pop().flatten())
-            else {
-                break;
-            };
-            let mut a = Query::select();
-            a.column(t("affected"))
-                .from(t("lethe_run_classes"))
-                .and_where(Expr::col(t("run_id")).eq(id))
-                .and_where(Expr::col(t("position")).eq(pos));
-            let n = tx
-                .fetch_row_i64(&a)
-                .await?
-                .first()
-                .copied()
-                .flatten()
-                .unwrap_or(0);
-            affected.push((name, n.clamp_nonneg()));
-            pos += 1;
-        }
-        out.push(LedgerRun {
-            id,
-            status,
-            affected,
-        });
-    }
+    let since = since.map(rfc3339);
+    let out = load_entries(&mut tx, None, since.as_deref()).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// One ledger entry.
+///
+/// # Errors
+/// [`DbError`].
+pub async fn entry(db: &Db, id: i64) -> Result<Option<LedgerEntry>, DbError> {
+    let mut tx = db.begin().await?;
+    let out = load_entries(&mut tx, Some(id), None).await?.pop();
     tx.commit().await?;
     Ok(out)
 }

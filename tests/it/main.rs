@@ -8,5 +8,6 @@ mod config;
 mod daemon;
 #[macro_use]
 mod engine;
+mod ledger;
 mod realistic;
 mod report;
