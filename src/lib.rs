@@ -15,6 +15,7 @@ pub mod engine;
 pub mod job;
 pub mod ledger;
 pub mod policy;
+pub mod publish;
 pub mod report;
 pub mod schedule;
 pub mod summary;

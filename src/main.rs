@@ -70,6 +70,18 @@ enum Command {
         #[arg(long)]
         allow_large: bool,
     },
+    /// Compliance check for auditors: rows past their period and not exempt, per class
+    /// (should be 0; exit 1 otherwise). Changes nothing.
+    Verify {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The public retention schedule, written from the config.
+    Policy {
+        #[arg(long, value_enum, default_value_t = PolicyFormat::Markdown)]
+        format: PolicyFormat,
+    },
     /// The ledger of runs: list, show, verify the hash chain, export.
     Ledger {
         #[command(subcommand)]
@@ -113,6 +125,12 @@ enum LedgerCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum PolicyFormat {
+    Markdown,
+    Html,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum ExportFormat {
     Json,
     Csv,
@@ -153,6 +171,20 @@ async fn main() -> ExitCode {
         } => run(&cli.config, *once, *json, *allow_large).await,
         Command::Demo { dir } => demo_cmd(&cli.config, dir).await,
         Command::Ledger { command } => ledger_cmd(&cli.config, command).await,
+        Command::Verify { json } => verify_cmd(&cli.config, *json).await,
+        Command::Policy { format } => match load(&cli.config) {
+            Ok(cfg) => {
+                let today = Utc::now()
+                    .with_timezone(&cfg.schedule.timezone)
+                    .date_naive();
+                match format {
+                    PolicyFormat::Markdown => print!("{}", lethe::publish::markdown(&cfg, today)),
+                    PolicyFormat::Html => print!("{}", lethe::publish::html(&cfg, today)),
+                }
+                0
+            }
+            Err(c) => c,
+        },
     };
     ExitCode::from(code)
 }
@@ -667,4 +699,54 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
             Ok(0)
         }
     }
+}
+
+async fn verify_cmd(path: &Path, json: bool) -> u8 {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(c) => return c,
+    };
+    let db = match Db::connect(&cfg).await {
+        Ok(db) => db,
+        Err(e) => return engine_exit(&e.into()),
+    };
+    let result = engine::compliance(&cfg, &db, Utc::now()).await;
+    db.close().await;
+    let c = match result {
+        Ok(c) => c,
+        Err(e) => return engine_exit(&e),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&c).unwrap_or_default());
+    } else {
+        println!("compliance check at {}", c.checked_at.to_rfc3339());
+        println!(
+            "{:<22} {:<16} {:>9} {:>12}  kept (opt_in/legal/obligations/protected)",
+            "class", "table", "overdue", "oldest (days)"
+        );
+        for k in &c.classes {
+            println!(
+                "{:<22} {:<16} {:>9} {:>12}  {}/{}/{}/{}",
+                k.name,
+                k.table,
+                k.overdue,
+                k.oldest_overdue_days
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                k.kept.opt_in,
+                k.kept.legal_hold,
+                k.kept.obligations,
+                k.kept.protected
+            );
+        }
+        if c.overdue == 0 {
+            println!("compliant: nothing past its retention period remains");
+        } else {
+            println!(
+                "NOT compliant: {} rows are past their retention period and not exempt",
+                c.overdue
+            );
+        }
+    }
+    if c.overdue == 0 { 0 } else { 1 }
 }

@@ -15,6 +15,8 @@ use chrono_tz::Tz;
 /// The unit of a [`Period`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PeriodUnit {
+    /// Hours (for short-lived records such as logs; whole hours of wall time).
+    Hours,
     /// Calendar days.
     Days,
     /// Weeks of 7 calendar days.
@@ -45,7 +47,7 @@ pub enum PeriodError {
     #[error("expected a period such as \"30 days\", \"18 months\" or \"7 years\", found {0:?}")]
     Syntax(String),
     /// The unit is not one of day(s), week(s), month(s), year(s).
-    #[error("unknown unit {0:?} (use days, weeks, months or years)")]
+    #[error("unknown unit {0:?} (use hours, days, weeks, months or years)")]
     Unit(String),
     /// Zero or negative.
     #[error("a retention period must be at least 1 {0}")]
@@ -57,7 +59,7 @@ pub enum PeriodError {
 
 impl Period {
     /// Parses `"<count> <unit>"` where unit is `day[s]`, `week[s]`, `month[s]` or
-    /// `year[s]` (case-insensitive). The count is a positive integer of at most 200
+    /// `year[s]`, or `hour[s]` (case-insensitive). The count is a positive integer of at most 200
     /// years' worth.
     ///
     /// # Errors
@@ -70,6 +72,7 @@ impl Period {
         };
         let unit_l = unit.to_ascii_lowercase();
         let unit = match unit_l.as_str() {
+            "hour" | "hours" => PeriodUnit::Hours,
             "day" | "days" => PeriodUnit::Days,
             "week" | "weeks" => PeriodUnit::Weeks,
             "month" | "months" => PeriodUnit::Months,
@@ -98,21 +101,23 @@ impl Period {
         Ok(p)
     }
 
-    /// A lower bound on the period's length in days (months as 28 days, years as 365),
+    /// A lower bound on the period's length in hours (months as 28 days, years as 365),
     /// used to compare a period with the configured floor.
-    pub fn min_days(&self) -> u64 {
+    pub fn min_hours(&self) -> u64 {
         let c = u64::from(self.count);
         match self.unit {
-            PeriodUnit::Days => c,
-            PeriodUnit::Weeks => c * 7,
-            PeriodUnit::Months => c * 28,
-            PeriodUnit::Years => c * 365,
+            PeriodUnit::Hours => c,
+            PeriodUnit::Days => c * 24,
+            PeriodUnit::Weeks => c * 7 * 24,
+            PeriodUnit::Months => c * 28 * 24,
+            PeriodUnit::Years => c * 365 * 24,
         }
     }
 
     fn approx_days(&self) -> u64 {
         let c = u64::from(self.count);
         match self.unit {
+            PeriodUnit::Hours => c.div_ceil(24),
             PeriodUnit::Days => c,
             PeriodUnit::Weeks => c * 7,
             PeriodUnit::Months => c * 31,
@@ -125,6 +130,7 @@ impl Period {
     /// result is outside chrono's range.
     pub fn before(&self, t: NaiveDateTime) -> Option<NaiveDateTime> {
         match self.unit {
+            PeriodUnit::Hours => t.checked_sub_signed(Duration::hours(i64::from(self.count))),
             PeriodUnit::Days => t.checked_sub_signed(Duration::days(i64::from(self.count))),
             PeriodUnit::Weeks => t.checked_sub_signed(Duration::weeks(i64::from(self.count))),
             PeriodUnit::Months => t.checked_sub_months(Months::new(self.count)),
@@ -136,6 +142,7 @@ impl Period {
 impl fmt::Display for Period {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (one, many) = match self.unit {
+            PeriodUnit::Hours => ("hour", "hours"),
             PeriodUnit::Days => ("day", "days"),
             PeriodUnit::Weeks => ("week", "weeks"),
             PeriodUnit::Months => ("month", "months"),
@@ -190,6 +197,19 @@ pub fn resolve_local(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Tz>> {
 /// `tz`: local now minus the period, on the local calendar, truncated to whole
 /// seconds. `None` only when the result is outside chrono's range.
 pub fn cutoff(now: DateTime<Utc>, tz: Tz, period: Period) -> Option<Cutoff> {
+    if period.unit == PeriodUnit::Hours {
+        // Hours are elapsed time, not wall-clock time: subtract on the instant.
+        let instant = now
+            .with_nanosecond(0)?
+            .checked_sub_signed(Duration::hours(i64::from(period.count)))?;
+        let instant = instant.with_timezone(&tz);
+        let local = instant.naive_local();
+        return Some(Cutoff {
+            local,
+            date: local.date(),
+            instant,
+        });
+    }
     let local_now = now.with_timezone(&tz).naive_local().with_nanosecond(0)?;
     let local = period.before(local_now)?;
     let instant = resolve_local(tz, local)?;

@@ -223,7 +223,7 @@ pub struct Age {
     pub columns: Vec<Ident>,
     /// How they compare.
     pub kind: AgeType,
-    /// Plain words, e.g. "returned at".
+    /// Plain words completing "counted from …", e.g. "the date you returned the item".
     pub meaning: String,
 }
 
@@ -1190,7 +1190,10 @@ impl Validator<'_> {
                     (Some(columns), Some(kind)) => Some(Age {
                         columns,
                         kind,
-                        meaning: a.meaning.clone().unwrap_or_else(|| "dated".into()),
+                        meaning: a
+                            .meaning
+                            .clone()
+                            .unwrap_or_else(|| "the date in the record".into()),
                     }),
                     _ => None,
                 }
@@ -1204,7 +1207,7 @@ impl Validator<'_> {
             Some(r) => match Period::parse(r) {
                 Ok(period) => {
                     if let Some(f) = floor {
-                        if period.min_days() < f.min_days() {
+                        if period.min_hours() < f.min_hours() {
                             self.err(
                                 &format!("{p}.retain"),
                                 format!("{period} is below the floor safety.min_retention = {f}"),

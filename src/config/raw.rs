@@ -160,7 +160,8 @@ pub struct RawAge {
     /// `datetime` (local wall time), `date`, or `timestamptz` (an instant).
     #[serde(rename = "type")]
     pub kind: Option<String>,
-    /// What the date means, in plain words ("returned at").
+    /// What the date means, in plain words completing "counted from …" ("the date you
+    /// returned the item").
     pub meaning: Option<String>,
 }
 

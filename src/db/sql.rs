@@ -384,3 +384,25 @@ pub fn existing_keys_query(class: &ClassDef, keys: &[i64], backend: Backend) -> 
         .and_where(key_in(class, keys));
     q
 }
+
+/// `SELECT MIN(<age>) FROM table WHERE <eligible>` as text: the oldest row past its
+/// period that no exemption keeps (for `lethe verify`).
+pub fn oldest_eligible_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
+    let age: Expr = if class.age.columns.len() == 1 {
+        tcol(&class.table, &class.age.columns[0])
+    } else {
+        Func::coalesce(class.age.columns.iter().map(|c| tcol(&class.table, c))).into()
+    };
+    let as_text = match b.backend {
+        Backend::MySql => "CHAR",
+        _ => "TEXT",
+    };
+    let mut q = Query::select();
+    q.expr_as(
+        Func::cast_as(Func::min(age), Alias::new(as_text)),
+        Alias::new("oldest"),
+    )
+    .from(table_ref(&class.table))
+    .cond_where(eligible(class, b));
+    q
+}

@@ -207,6 +207,100 @@ pub async fn plan(cfg: &Config, db: &Db, at: DateTime<Utc>) -> Result<RunSummary
     })
 }
 
+/// One class in the compliance check (`lethe verify`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassCompliance {
+    /// Class name.
+    pub name: String,
+    /// Table.
+    pub table: String,
+    /// The cutoff at the moment checked, in the library's zone.
+    pub cutoff: chrono::DateTime<chrono::FixedOffset>,
+    /// Rows past their period and not exempt: should be 0.
+    pub overdue: u64,
+    /// The age value of the oldest overdue row, as stored (a date or a local date and
+    /// time); `None` when nothing is overdue.
+    pub oldest_overdue: Option<String>,
+    /// Whole days between the oldest overdue row and the moment checked.
+    pub oldest_overdue_days: Option<i64>,
+    /// Rows past their period kept by an exemption.
+    pub kept: Kept,
+}
+
+/// The compliance check: what an auditor runs. Changes nothing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Compliance {
+    /// When it was checked, UTC.
+    pub checked_at: DateTime<Utc>,
+    /// Overdue rows over all classes.
+    pub overdue: u64,
+    /// Per class.
+    pub classes: Vec<ClassCompliance>,
+}
+
+/// For every class, the rows that are past their period and not exempt at `at` (the
+/// compliance number: it should be 0), the oldest such row, and the kept counts.
+///
+/// # Errors
+/// [`EngineError`] from [`prepare`] or the database.
+pub async fn compliance(
+    cfg: &Config,
+    db: &Db,
+    at: DateTime<Utc>,
+) -> Result<Compliance, EngineError> {
+    let p = prepare(cfg, db).await?;
+    let mut classes = Vec::new();
+    for class in &cfg.classes {
+        let Some(b) = bindings(cfg, db, class, at, &p) else {
+            continue;
+        };
+        let c = count(db, class, &b).await?;
+        let (oldest, days) = if c.eligible == 0 {
+            (None, None)
+        } else {
+            let mut tx = db.begin().await?;
+            let row = tx
+                .fetch_opt_strings(&sql::oldest_eligible_query(class, &b))
+                .await?;
+            drop(tx);
+            let oldest = row.and_then(|mut r| r.pop().flatten());
+            let days = oldest
+                .as_deref()
+                .and_then(|o| age_days(o, at, cfg.schedule.timezone));
+            (oldest, days)
+        };
+        classes.push(ClassCompliance {
+            name: class.name.clone(),
+            table: class.table.to_string(),
+            cutoff: b.cutoff.instant.fixed_offset(),
+            overdue: c.eligible,
+            oldest_overdue: oldest,
+            oldest_overdue_days: days,
+            kept: c.kept,
+        });
+    }
+    Ok(Compliance {
+        checked_at: at,
+        overdue: classes.iter().map(|c| c.overdue).sum(),
+        classes,
+    })
+}
+
+/// Days from a stored age value (`YYYY-MM-DD[ HH:MM:SS]`, local) to `at`.
+fn age_days(value: &str, at: DateTime<Utc>, tz: chrono_tz::Tz) -> Option<i64> {
+    let local_at = at.with_timezone(&tz).naive_local();
+    let v = value.get(..19).unwrap_or(value);
+    let t = chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S"))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(value.get(..10)?, "%Y-%m-%d")
+                .ok()?
+                .and_hms_opt(0, 0, 0)
+        })?;
+    Some((local_at - t).num_days())
+}
+
 /// Options of one enforcement pass.
 #[derive(Debug, Clone)]
 pub struct RunOptions {

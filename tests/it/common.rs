@@ -290,11 +290,23 @@ pub fn i(x: i64) -> V {
 }
 
 pub fn config_for(url: &str, extra: &str) -> Config {
+    // A leading `safety:` block in `extra` joins the base one.
+    let (safety, extra) = match extra.strip_prefix("safety:\n") {
+        Some(rest) => {
+            let end = rest
+                .lines()
+                .take_while(|l| l.starts_with("  "))
+                .map(|l| l.len() + 1)
+                .sum::<usize>();
+            (&rest[..end], &rest[end..])
+        }
+        None => ("", extra),
+    };
     let yaml = format!(
         "library: Test Library\n\
          database:\n  url: \"{url}\"\n\
          schedule:\n  cron: \"30 2 * * *\"\n  timezone: America/New_York\n\
-         safety:\n  max_fraction: 1.0\n\
+         safety:\n  max_fraction: 1.0\n{safety}\
          report:\n  outbox: outbox\n\
          profile: koha\n{extra}"
     );

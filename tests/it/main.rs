@@ -9,5 +9,6 @@ mod daemon;
 #[macro_use]
 mod engine;
 mod ledger;
+mod publish;
 mod realistic;
 mod report;
