@@ -49,6 +49,7 @@ pub async fn run_once(
                 status: RunStatus::Failed,
                 classes: Vec::new(),
                 error: Some(e.to_string()),
+                notices: Vec::new(),
             };
             let _ = deliver(cfg, &summary).await;
             Err(e)

@@ -378,7 +378,7 @@ fn print_delivery(d: Option<&Delivery>) {
     match d {
         Some(Delivery::Sent) => println!("report: sent"),
         Some(Delivery::Outboxed(p)) => println!("report: {}", p.display()),
-        Some(Delivery::NotNeeded) => println!("report: not needed (report.send)"),
+        Some(Delivery::NotNeeded) => println!("report: not needed (report.on)"),
         None => println!("report: could not be delivered (see the log)"),
     }
 }

@@ -170,6 +170,10 @@ pub struct RunSummary {
     /// Why the whole run failed, when it failed before or outside any class.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Things the director should hear about besides the counts, e.g. that the last
+    /// enforced run is overdue (a missed run). No patron data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 impl RunSummary {

@@ -985,16 +985,16 @@ impl Validator<'_> {
             None => Some(self.base.join("outbox")),
             Some(o) => self.expand("report.outbox", o).map(|o| self.base.join(o)),
         };
-        let send = match r.send.as_deref() {
+        let send = match r.on.as_deref() {
             None | Some("always") => SendWhen::Always,
-            Some("changed") => SendWhen::Changed,
-            Some("failure") => SendWhen::Failure,
+            Some("changes") => SendWhen::Changed,
+            Some("failures") => SendWhen::Failure,
             Some(other) => {
                 let m = format!(
-                    "unknown value {:?} (use always, changed or failure)",
+                    "unknown value {:?} (use always, changes or failures)",
                     truncate(other)
                 );
-                self.err("report.send", m);
+                self.err("report.on", m);
                 ok = false;
                 SendWhen::Always
             }

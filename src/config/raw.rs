@@ -81,8 +81,8 @@ pub struct RawReport {
     pub smtp: Option<RawSmtp>,
     /// Folder for unsent messages.
     pub outbox: Option<String>,
-    /// `always`, `changed` or `failure`.
-    pub send: Option<String>,
+    /// When to send: `always`, `changes` or `failures`.
+    pub on: Option<String>,
 }
 
 /// `report.smtp:`.

@@ -204,6 +204,7 @@ pub async fn plan(cfg: &Config, db: &Db, at: DateTime<Utc>) -> Result<RunSummary
         status: RunStatus::Ok,
         classes,
         error: None,
+        notices: Vec::new(),
     })
 }
 
@@ -414,6 +415,7 @@ pub async fn enforce_once(
         status,
         classes,
         error: None,
+        notices: Vec::new(),
     })
 }
 

@@ -180,6 +180,7 @@ fn summary(run_id: i64, classes: Vec<ClassSummary>) -> RunSummary {
         status: RunStatus::Ok,
         classes,
         error: None,
+        notices: Vec::new(),
     }
 }
 
