@@ -739,6 +739,9 @@ async fn verify_cmd(path: &Path, json: bool) -> u8 {
                 k.kept.protected
             );
         }
+        if let Some(m) = &c.missed_run {
+            println!("warning: {m}");
+        }
         if c.overdue == 0 {
             println!("compliant: nothing past its retention period remains");
         } else {

@@ -199,6 +199,9 @@ pub struct Safety {
     pub max_clock_skew: Duration,
     /// No class may retain less than this (default 7 days).
     pub min_retention: Period,
+    /// A missed run is reported when the last enforced run is older than this; `None`:
+    /// twice the schedule's interval.
+    pub overdue_after: Option<Period>,
     /// Rounds one class may take to reach its fixed point (default 10).
     pub max_rounds: u32,
 }
@@ -613,8 +616,18 @@ impl Validator<'_> {
             .unwrap_or_else(|| "the library".to_string());
         let database = self.database(raw.database.as_ref());
         let schedule = self.schedule(raw.schedule.as_ref());
-        let safety = self.safety(raw.safety.as_ref());
+        let mut safety = self.safety(raw.safety.as_ref());
         let report = self.report(raw.report.as_ref(), &library);
+        if let Some(t) = raw.report.as_ref().and_then(|r| r.overdue_after.as_deref()) {
+            match Period::parse(t) {
+                Ok(p) => {
+                    if let Some(s) = safety.as_mut() {
+                        s.overdue_after = Some(p);
+                    }
+                }
+                Err(e) => self.err("report.overdue_after", e.to_string()),
+            }
+        }
 
         let mut profile_classes: IndexMap<String, RawClass> = IndexMap::new();
         let mut anon_raw = None;
@@ -925,6 +938,7 @@ impl Validator<'_> {
             max_fraction,
             max_clock_skew,
             min_retention,
+            overdue_after: None,
             max_rounds,
         })
     }

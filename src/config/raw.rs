@@ -83,6 +83,9 @@ pub struct RawReport {
     pub outbox: Option<String>,
     /// When to send: `always`, `changes` or `failures`.
     pub on: Option<String>,
+    /// A missed run is reported when the last enforced run is older than this, e.g.
+    /// "48 hours" (default: twice the schedule's interval).
+    pub overdue_after: Option<String>,
 }
 
 /// `report.smtp:`.

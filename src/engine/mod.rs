@@ -237,6 +237,9 @@ pub struct Compliance {
     pub overdue: u64,
     /// Per class.
     pub classes: Vec<ClassCompliance>,
+    /// A missed-run warning, when the last enforced run is overdue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed_run: Option<String>,
 }
 
 /// For every class, the rows that are past their period and not exempt at `at` (the
@@ -284,6 +287,7 @@ pub async fn compliance(
         checked_at: at,
         overdue: classes.iter().map(|c| c.overdue).sum(),
         classes,
+        missed_run: missed_run(cfg, db, at).await?,
     })
 }
 
@@ -300,6 +304,50 @@ fn age_days(value: &str, at: DateTime<Utc>, tz: chrono_tz::Tz) -> Option<i64> {
                 .and_hms_opt(0, 0, 0)
         })?;
     Some((local_at - t).num_days())
+}
+
+/// A missed run: when the last enforced run that ended `ok` is older than
+/// `report.overdue_after` (default twice the schedule's interval) at `at`, a sentence
+/// saying so, for the report and for `lethe verify`. `None` when runs are on time or
+/// none has happened yet.
+///
+/// # Errors
+/// [`EngineError::Database`].
+pub async fn missed_run(
+    cfg: &Config,
+    db: &Db,
+    at: DateTime<Utc>,
+) -> Result<Option<String>, EngineError> {
+    let Some((id, started)) = ledger::last_enforced(db).await? else {
+        return Ok(None);
+    };
+    let limit = match cfg.safety.overdue_after {
+        Some(p) => {
+            policy::cutoff(at, cfg.schedule.timezone, p).map(|c| at - c.instant.with_timezone(&Utc))
+        }
+        None => {
+            let a = crate::schedule::next_fire(&cfg.schedule, at);
+            let b = a.and_then(|a| crate::schedule::next_fire(&cfg.schedule, a));
+            match (a, b) {
+                (Some(a), Some(b)) => Some((b - a) * 2),
+                _ => None,
+            }
+        }
+    };
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    let age = at - started;
+    if age <= limit {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "Missed runs: the last completed enforcement run (run {id}, started {}) is {} hours old, more than the {} \
+         hours allowed (report.overdue_after). Check that the Lethe service is running.",
+        started.to_rfc3339(),
+        age.num_hours(),
+        limit.num_hours()
+    )))
 }
 
 /// Options of one enforcement pass.
@@ -366,6 +414,11 @@ pub async fn enforce_once(
 ) -> Result<RunSummary, EngineError> {
     let mode = cfg.safety.mode;
     let started_at = opts.now;
+    // Before this run is recorded: was the previous one missed?
+    let notices: Vec<String> = missed_run(cfg, db, opts.now).await?.into_iter().collect();
+    for n in &notices {
+        tracing::warn!("{n}");
+    }
     let run_id = ledger::open_run(db, mode, started_at, &policy_json(cfg)).await?;
     tracing::info!(run_id, mode = mode.as_str(), "run started");
     let mut classes = Vec::new();
@@ -415,7 +468,7 @@ pub async fn enforce_once(
         status,
         classes,
         error: None,
-        notices: Vec::new(),
+        notices,
     })
 }
 

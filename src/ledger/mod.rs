@@ -370,6 +370,32 @@ pub async fn entries(db: &Db, since: Option<DateTime<Utc>>) -> Result<Vec<Ledger
     Ok(out)
 }
 
+/// The last run in `enforce` mode that ended `ok`: its id and start (RFC 3339 UTC).
+/// `None` when there is none, or when Lethe's tables do not exist yet.
+///
+/// # Errors
+/// [`DbError`].
+pub async fn last_enforced(db: &Db) -> Result<Option<(i64, DateTime<Utc>)>, DbError> {
+    let runs = crate::config::TableName::new("lethe_runs").map_err(DbError::Schema)?;
+    if db.columns(&runs).await?.is_empty() {
+        return Ok(None);
+    }
+    let mut q = Query::select();
+    q.columns([t("id"), t("started_at")])
+        .from(t("lethe_runs"))
+        .and_where(Expr::col(t("mode")).eq("enforce"))
+        .and_where(Expr::col(t("status")).eq("ok"))
+        .order_by(t("id"), Order::Desc)
+        .limit(1);
+    let mut tx = db.begin().await?;
+    let row = tx.fetch_cells(&q).await?;
+    tx.commit().await?;
+    Ok(row.first().and_then(|r| {
+        let started = DateTime::parse_from_rfc3339(&r.get(1)?.text()?).ok()?;
+        Some((r.first()?.int(), started.with_timezone(&Utc)))
+    }))
+}
+
 /// One ledger entry.
 ///
 /// # Errors

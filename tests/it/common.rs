@@ -290,25 +290,32 @@ pub fn i(x: i64) -> V {
 }
 
 pub fn config_for(url: &str, extra: &str) -> Config {
-    // A leading `safety:` block in `extra` joins the base one.
-    let (safety, extra) = match extra.strip_prefix("safety:\n") {
-        Some(rest) => {
-            let end = rest
-                .lines()
-                .take_while(|l| l.starts_with("  "))
-                .map(|l| l.len() + 1)
-                .sum::<usize>();
-            (&rest[..end], &rest[end..])
+    // `safety:` and `report:` blocks in `extra` join the base ones.
+    let mut safety = String::new();
+    let mut report = String::new();
+    let mut rest = String::new();
+    let mut into: Option<&mut String> = None;
+    for line in extra.lines() {
+        if line == "safety:" {
+            into = Some(&mut safety);
+        } else if line == "report:" {
+            into = Some(&mut report);
+        } else if let (true, Some(buf)) = (line.starts_with("  "), into.as_deref_mut()) {
+            buf.push_str(line);
+            buf.push('\n');
+        } else {
+            into = None;
+            rest.push_str(line);
+            rest.push('\n');
         }
-        None => ("", extra),
-    };
+    }
     let yaml = format!(
         "library: Test Library\n\
          database:\n  url: \"{url}\"\n\
          schedule:\n  cron: \"30 2 * * *\"\n  timezone: America/New_York\n\
          safety:\n  max_fraction: 1.0\n{safety}\
-         report:\n  outbox: outbox\n\
-         profile: koha\n{extra}"
+         report:\n  outbox: outbox\n{report}\
+         profile: koha\n{rest}"
     );
     let dir = std::env::temp_dir();
     config::parse_str(&yaml, "test.yaml", &dir, &|_| None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))

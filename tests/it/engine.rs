@@ -580,3 +580,31 @@ async fn unknown_column_stops_before_touching(db: TestDb) {
         Some(10)
     );
 }
+
+both_backends!(a_missed_run_is_reported_by_the_next_run_and_by_verify);
+async fn a_missed_run_is_reported_by_the_next_run_and_by_verify(db: TestDb) {
+    koha_reference(&db, None).await;
+    let cfg = db.config("");
+    let first = run_at(&cfg, now(), true).await;
+    assert!(first.notices.is_empty(), "no earlier run: nothing missed");
+    // The schedule runs daily: a run a day later is on time.
+    let on_time = run_at(&cfg, now() + chrono::Duration::hours(25), true).await;
+    assert!(on_time.notices.is_empty(), "{:?}", on_time.notices);
+    // Three days without a run: more than twice the interval.
+    let late = now() + chrono::Duration::hours(25 + 72);
+    let ldb = Db::connect(&cfg).await.unwrap();
+    let c = engine::compliance(&cfg, &ldb, late).await.unwrap();
+    ldb.close().await;
+    let m = c.missed_run.expect("verify reports the missed runs");
+    assert!(m.contains("72 hours old") && m.contains("48 hours"), "{m}");
+    let r = run_at(&cfg, late, true).await;
+    assert_eq!(r.notices.len(), 1, "{:?}", r.notices);
+    // report.overdue_after overrides the default.
+    let cfg = db.config("report:\n  overdue_after: 5 days\n");
+    let ldb = Db::connect(&cfg).await.unwrap();
+    let c = engine::compliance(&cfg, &ldb, late + chrono::Duration::hours(72))
+        .await
+        .unwrap();
+    ldb.close().await;
+    assert!(c.missed_run.is_none());
+}
