@@ -19,6 +19,23 @@ use lethe::report::Delivery;
 use lethe::schedule;
 use lethe::summary::{RunStatus, RunSummary};
 
+/// `println!` that ignores a closed stdout (`lethe check | head -1`) instead of
+/// panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// The shipped retention.yaml, used by `demo` when no config file is found.
 const DEFAULT_CONFIG: &str = include_str!("../retention.yaml");
 
@@ -26,7 +43,7 @@ const DEFAULT_CONFIG: &str = include_str!("../retention.yaml");
 #[command(
     name = "lethe",
     version,
-    about = "Enforces data-retention policy on library systems (Koha, Evergreen)."
+    about = "Enforces data-retention policy on library systems: Koha, or any schema mapped in retention.yaml."
 )]
 struct Cli {
     /// Path of retention.yaml.
@@ -138,7 +155,11 @@ enum ExportFormat {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        // tokio_cron_scheduler logs an ERROR at every clean shutdown ("Error receiving
+        // value Closed"): noise for administrators; RUST_LOG can turn it back on.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,sqlx=warn,tokio_cron_scheduler=off")
+        });
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -178,8 +199,8 @@ async fn main() -> ExitCode {
                     .with_timezone(&cfg.schedule.timezone)
                     .date_naive();
                 match format {
-                    PolicyFormat::Markdown => print!("{}", lethe::publish::markdown(&cfg, today)),
-                    PolicyFormat::Html => print!("{}", lethe::publish::html(&cfg, today)),
+                    PolicyFormat::Markdown => out_raw!("{}", lethe::publish::markdown(&cfg, today)),
+                    PolicyFormat::Html => out_raw!("{}", lethe::publish::html(&cfg, today)),
                 }
                 0
             }
@@ -192,9 +213,10 @@ async fn main() -> ExitCode {
 fn load(path: &Path) -> Result<Config, u8> {
     config::load(path).map_err(|errs| {
         eprintln!("{errs}");
+        let n = errs.0.len();
         eprintln!(
-            "lethe: {} error(s) in the configuration; nothing was touched",
-            errs.0.len()
+            "lethe: {n} {} in the configuration; nothing was touched",
+            if n == 1 { "error" } else { "errors" }
         );
         2
     })
@@ -216,7 +238,7 @@ async fn check(path: &Path) -> u8 {
         Ok(c) => c,
         Err(c) => return c,
     };
-    println!(
+    out!(
         "config: {} ok ({} classes)",
         path.display(),
         cfg.classes.len()
@@ -225,20 +247,36 @@ async fn check(path: &Path) -> u8 {
         Ok(db) => db,
         Err(e) => return engine_exit(&e.into()),
     };
-    println!("database: {} reachable", cfg.database.display_url);
+    out!("database: {} reachable", cfg.database.display_url);
+    // The outbox must take a report when SMTP is down.
+    let probe = cfg.report.outbox.join(".lethe-check");
+    let writable = std::fs::create_dir_all(&cfg.report.outbox)
+        .and_then(|()| std::fs::write(&probe, b"ok"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    match writable {
+        Ok(()) => out!("outbox: {} writable", cfg.report.outbox.display()),
+        Err(e) => {
+            eprintln!(
+                "lethe: the outbox {} is not writable: {e}",
+                cfg.report.outbox.display()
+            );
+            db.close().await;
+            return 1;
+        }
+    }
     let code = match engine::prepare(&cfg, &db).await {
         Ok(p) => {
-            println!("schema: every table and column the classes name exists");
+            out!("schema: every table and column the classes name exists");
             match p.anonymous_patron {
-                Some(id) => println!("anonymous patron: {id} exists"),
+                Some(id) => out!("anonymous patron: {id} exists"),
                 None if cfg.anonymous_patron.is_some() => {
-                    println!("anonymous patron: not set (anonymized rows get NULL)")
+                    out!("anonymous patron: not set (anonymized rows get NULL)")
                 }
                 None => {}
             }
             match engine::check_clock(&cfg, &db, Utc::now()).await {
                 Ok(()) => {
-                    println!("clock: within safety.max_clock_skew of the database");
+                    out!("clock: within safety.max_clock_skew of the database");
                     0
                 }
                 Err(e) => engine_exit(&e),
@@ -290,7 +328,11 @@ async fn plan(path: &Path, json: bool, as_of: Option<&str>) -> u8 {
     };
     let db = match Db::connect(&cfg).await {
         Ok(db) => db,
-        Err(e) => return engine_exit(&e.into()),
+        Err(e) => {
+            let e: EngineError = e.into();
+            json_failure(json, &e.to_string());
+            return engine_exit(&e);
+        }
     };
     let result = engine::plan(&cfg, &db, at).await;
     db.close().await;
@@ -299,7 +341,10 @@ async fn plan(path: &Path, json: bool, as_of: Option<&str>) -> u8 {
             print_summary(&s, json, "plan");
             0
         }
-        Err(e) => engine_exit(&e),
+        Err(e) => {
+            json_failure(json, &e.to_string());
+            engine_exit(&e)
+        }
     }
 }
 
@@ -361,9 +406,27 @@ async fn run(path: &Path, once: bool, json: bool, allow_large: bool) -> u8 {
             if !json {
                 print_delivery(outcome.delivery.as_ref());
             }
-            run_exit(&outcome.summary)
+            match (run_exit(&outcome.summary), &outcome.delivery) {
+                // The director must hear of every run: a report that could be neither
+                // sent nor kept in the outbox fails the run.
+                (0, None) => 1,
+                (code, _) => code,
+            }
         }
-        Err(e) => engine_exit(&e),
+        Err(e) => {
+            json_failure(json, &e.to_string());
+            engine_exit(&e)
+        }
+    }
+}
+
+/// With `--json`, a failure before any summary still prints one JSON object.
+fn json_failure(json: bool, error: &str) {
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({"run_id": null, "status": "failed", "error": error, "classes": []})
+        );
     }
 }
 
@@ -376,34 +439,34 @@ fn run_exit(s: &RunSummary) -> u8 {
 
 fn print_delivery(d: Option<&Delivery>) {
     match d {
-        Some(Delivery::Sent) => println!("report: sent"),
-        Some(Delivery::Outboxed(p)) => println!("report: {}", p.display()),
-        Some(Delivery::NotNeeded) => println!("report: not needed (report.on)"),
-        None => println!("report: could not be delivered (see the log)"),
+        Some(Delivery::Sent) => out!("report: sent"),
+        Some(Delivery::Outboxed(p)) => out!("report: {}", p.display()),
+        Some(Delivery::NotNeeded) => out!("report: not needed (report.on)"),
+        None => out!("report: could not be delivered (see the log)"),
     }
 }
 
 fn print_summary(s: &RunSummary, json: bool, what: &str) {
     if json {
         match serde_json::to_string(s) {
-            Ok(j) => println!("{j}"),
+            Ok(j) => out!("{j}"),
             Err(e) => eprintln!("lethe: cannot serialize the summary: {e}"),
         }
         return;
     }
     match s.run_id {
-        Some(id) => println!(
+        Some(id) => out!(
             "{what}: run {id}, mode {}, status {}",
             s.mode.as_str(),
             s.status.as_str()
         ),
-        None => println!(
+        None => out!(
             "{what}: mode {}, as of {}",
             s.mode.as_str(),
             s.started_at.to_rfc3339()
         ),
     }
-    println!(
+    out!(
         "{:<22} {:<16} {:<10} {:>9} {:>9} {:>8} {:>8} {:>11} {:>9}  status",
         "class",
         "table",
@@ -416,7 +479,7 @@ fn print_summary(s: &RunSummary, json: bool, what: &str) {
         "protected"
     );
     for c in &s.classes {
-        println!(
+        out!(
             "{:<22} {:<16} {:<10} {:>9} {:>9} {:>8} {:>8} {:>11} {:>9}  {}",
             c.name,
             c.table,
@@ -430,9 +493,9 @@ fn print_summary(s: &RunSummary, json: bool, what: &str) {
             c.status.as_str()
         );
         if let Some(e) = &c.error {
-            println!("  {}: {e}", c.name);
+            out!("  {}: {e}", c.name);
         }
-        println!("  cutoff {}", c.cutoff.to_rfc3339());
+        out!("  cutoff {}", c.cutoff.to_rfc3339());
     }
 }
 
@@ -450,7 +513,7 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
     let db_path = dir.join("library.db");
     let today = Utc::now().date_naive();
     match demo::create_library_if_absent(&db_path, &demo::DemoOptions::standard(today)).await {
-        Ok(Some(stats)) => println!(
+        Ok(Some(stats)) => out!(
             "demo: created {} ({} patrons, {} returned checkouts, {} holds history, {} current checkouts)",
             db_path.display(),
             stats.patrons,
@@ -458,7 +521,7 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
             stats.old_holds,
             stats.current_checkouts
         ),
-        Ok(None) => println!("demo: using the existing library {}", db_path.display()),
+        Ok(None) => out!("demo: using the existing library {}", db_path.display()),
         Err(e) => {
             eprintln!("lethe: cannot create the demo library: {e}");
             return 1;
@@ -497,9 +560,18 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
         Ok(outcome) => {
             print_summary(&outcome.summary, false, "demo run");
             print_delivery(outcome.delivery.as_ref());
-            println!(
-                "next: `lethe plan --json` shows what a run would change now (0 after this run)"
-            );
+            if dir == Path::new("demo") {
+                out!(
+                    "next: `target/release/lethe plan --json` (from this folder: the shipped retention.yaml points at \
+                     demo/library.db) shows what a run would change now: 0 after this run"
+                );
+            } else {
+                out!(
+                    "next: point database.url in retention.yaml at sqlite://{}, then `lethe plan --json` shows what a \
+                     run would change now: 0 after this run",
+                    db_abs.display()
+                );
+            }
             run_exit(&outcome.summary)
         }
         Err(e) => engine_exit(&e),
@@ -526,14 +598,14 @@ async fn ledger_cmd(path: &Path, command: &LedgerCommand) -> u8 {
         };
         return match chain::verify_export(&export) {
             Ok(n) => {
-                println!(
+                out!(
                     "ledger file {}: {n} entries verified, chain intact",
                     f.display()
                 );
                 0
             }
             Err(e) => {
-                println!("ledger file {}: chain broken at {e}", f.display());
+                out!("ledger file {}: chain broken at {e}", f.display());
                 1
             }
         };
@@ -560,12 +632,16 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
     db.migrate().await?;
     match command {
         LedgerCommand::List => {
-            println!(
+            out!(
                 "{:>6}  {:<27}  {:<8}  {:<11}  {:>9}  hash",
-                "run", "started (UTC)", "mode", "status", "changed"
+                "run",
+                "started (UTC)",
+                "mode",
+                "status",
+                "changed"
             );
             for e in ledger::entries(db, None).await? {
-                println!(
+                out!(
                     "{:>6}  {:<27}  {:<8}  {:<11}  {:>9}  {}",
                     e.id,
                     e.started_at,
@@ -586,23 +662,27 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
                 return Ok(1);
             };
             if *json {
-                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                out!("{}", serde_json::to_string(&e).unwrap_or_default());
                 return Ok(0);
             }
-            println!(
+            out!(
                 "run {}: {} {} on {} (Lethe {})",
-                e.id, e.mode, e.status, e.host, e.version
+                e.id,
+                e.mode,
+                e.status,
+                e.host,
+                e.version
             );
-            println!(
+            out!(
                 "started {}  finished {}",
                 e.started_at,
                 e.finished_at.as_deref().unwrap_or("-")
             );
             if let Some(err) = &e.error {
-                println!("error: {err}");
+                out!("error: {err}");
             }
             for c in &e.classes {
-                println!(
+                out!(
                     "  {} ({} {}): cutoff {}, eligible {}, changed {} in {} batches, kept opt_in {} legal_hold {} \
                      obligations {} protected {}, {}{}",
                     c.class,
@@ -623,21 +703,21 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
                         .unwrap_or_default()
                 );
             }
-            println!("policy sha256 {}", e.policy_sha256);
-            println!("policy {}", e.policy);
-            println!("prev hash {}", e.prev_hash.as_deref().unwrap_or("-"));
-            println!("hash {}", e.hash.as_deref().unwrap_or("(open)"));
+            out!("policy sha256 {}", e.policy_sha256);
+            out!("policy {}", e.policy);
+            out!("prev hash {}", e.prev_hash.as_deref().unwrap_or("-"));
+            out!("hash {}", e.hash.as_deref().unwrap_or("(open)"));
             Ok(0)
         }
         LedgerCommand::Verify { .. } => {
             let entries = ledger::entries(db, None).await?;
             match chain::verify(&entries) {
                 Ok(n) => {
-                    println!("ledger: {n} entries verified, chain intact");
+                    out!("ledger: {n} entries verified, chain intact");
                     Ok(0)
                 }
                 Err(e) => {
-                    println!("ledger: chain broken at {e}");
+                    out!("ledger: chain broken at {e}");
                     Ok(1)
                 }
             }
@@ -662,16 +742,16 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
                         complete: since_t.is_none(),
                         entries,
                     };
-                    println!("{}", serde_json::to_string_pretty(&x).unwrap_or_default());
+                    out!("{}", serde_json::to_string_pretty(&x).unwrap_or_default());
                 }
                 ExportFormat::Csv => {
-                    println!(
+                    out!(
                         "run_id,started_at,finished_at,mode,run_status,class,table,action,cutoff,eligible,affected,\
                          kept_opt_in,kept_legal_hold,kept_obligations,kept_protected,batches,class_status,hash"
                     );
                     for e in &entries {
                         for c in &e.classes {
-                            println!(
+                            out!(
                                 "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                                 e.id,
                                 e.started_at,
@@ -717,15 +797,18 @@ async fn verify_cmd(path: &Path, json: bool) -> u8 {
         Err(e) => return engine_exit(&e),
     };
     if json {
-        println!("{}", serde_json::to_string(&c).unwrap_or_default());
+        out!("{}", serde_json::to_string(&c).unwrap_or_default());
     } else {
-        println!("compliance check at {}", c.checked_at.to_rfc3339());
-        println!(
+        out!("compliance check at {}", c.checked_at.to_rfc3339());
+        out!(
             "{:<22} {:<16} {:>9} {:>12}  kept (opt_in/legal/obligations/protected)",
-            "class", "table", "overdue", "oldest (days)"
+            "class",
+            "table",
+            "overdue",
+            "oldest (days)"
         );
         for k in &c.classes {
-            println!(
+            out!(
                 "{:<22} {:<16} {:>9} {:>12}  {}/{}/{}/{}",
                 k.name,
                 k.table,
@@ -740,12 +823,12 @@ async fn verify_cmd(path: &Path, json: bool) -> u8 {
             );
         }
         if let Some(m) = &c.missed_run {
-            println!("warning: {m}");
+            out!("warning: {m}");
         }
         if c.overdue == 0 {
-            println!("compliant: nothing past its retention period remains");
+            out!("compliant: nothing past its retention period remains");
         } else {
-            println!(
+            out!(
                 "NOT compliant: {} rows are past their retention period and not exempt",
                 c.overdue
             );

@@ -191,7 +191,7 @@ pub struct Schedule {
 pub struct Safety {
     /// Enforce or dry run.
     pub mode: Mode,
-    /// Keys per batch transaction (1..=100,000; default 1000).
+    /// Keys per batch transaction (1..=10,000; default 1000).
     pub batch_size: u32,
     /// Largest share of a table one class may change in a run (default 0.5).
     pub max_fraction: f64,
@@ -464,6 +464,27 @@ pub fn parse_str(
     base: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    // A UTF-8 byte-order mark, as some Windows editors write, is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let whole_file_error = |message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            location: None,
+            path: String::new(),
+            message,
+        }])
+    };
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(whole_file_error(format!(
+            "the file is {} bytes, more than the {MAX_CONFIG_BYTES} a retention policy needs",
+            text.len()
+        )));
+    }
+    if let Some(depth) = flow_depth_over(text, MAX_FLOW_DEPTH) {
+        return Err(whole_file_error(format!(
+            "brackets nested {depth} deep, more than {MAX_FLOW_DEPTH}: not a retention policy"
+        )));
+    }
     let mut v = Validator {
         file: file.to_string(),
         index: LocationIndex::build(text),
@@ -517,6 +538,35 @@ pub fn parse_str(
         });
         Err(ConfigErrors(v.errors))
     }
+}
+
+/// The largest config file accepted: a policy is a few kilobytes; anything this large
+/// is a mistake or an attack, and parsing it would take long.
+const MAX_CONFIG_BYTES: usize = 256 * 1024;
+
+/// The deepest nesting of `[`/`{` accepted (the YAML parsers' cost grows with it).
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// The nesting depth of flow brackets, if it exceeds `max` (quoted text is skipped).
+fn flow_depth_over(text: &str, max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut quote: Option<char> = None;
+    for ch in text.chars() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(ch),
+            (None, '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            (None, '\n') => {}
+            _ => {}
+        }
+    }
+    (deepest > max).then_some(deepest)
 }
 
 /// serde_yaml puts " at line L column C" into its messages; the location is printed
@@ -661,6 +711,19 @@ impl Validator<'_> {
             match merged.get_mut(&name) {
                 Some(base) => merge_class(base, c),
                 None => {
+                    if let Some(p) = &self.profile_name {
+                        if c.table.is_none() && c.enabled != Some(false) {
+                            // Most likely a misspelled profile class, not a new one.
+                            let known: Vec<&str> = merged.keys().map(String::as_str).collect();
+                            let m = format!(
+                                "unknown class: not in the {p} profile (its classes: {}); a new class needs table, \
+                                 key, age, retain and action",
+                                known.join(", ")
+                            );
+                            self.err(&format!("classes.{name}"), m);
+                            continue;
+                        }
+                    }
                     merged.insert(name, c);
                 }
             }
@@ -686,6 +749,22 @@ impl Validator<'_> {
             }
         }
 
+        if database
+            .as_ref()
+            .is_some_and(|d| d.backend == Backend::Sqlite)
+        {
+            for c in &classes {
+                let qualified = c.table.schema.is_some()
+                    || c.delete_with.iter().any(|d| d.table.schema.is_some());
+                if qualified {
+                    let path = format!("classes.{}.table", c.name);
+                    self.err(
+                        &path,
+                        "SQLite tables are not schema-qualified: use the plain table name",
+                    );
+                }
+            }
+        }
         Some(Config {
             source: PathBuf::from(&self.file),
             library,
@@ -723,6 +802,22 @@ impl Validator<'_> {
                         return None;
                     }
                 }
+            }
+        }
+        if let Some((_, query)) = raw_url.split_once('?') {
+            let secret_key = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_ascii_lowercase(), v)))
+                .any(|(k, v)| {
+                    (k.contains("pass") || k.contains("secret"))
+                        && !(v.starts_with("${") && v.ends_with('}'))
+                });
+            if secret_key {
+                self.err(
+                    "database.url",
+                    "carries a password parameter: use password_env, password_file or ${VAR}",
+                );
+                return None;
             }
         }
         let url = self.expand("database.url", raw_url)?;
@@ -840,6 +935,13 @@ impl Validator<'_> {
                     None
                 } else {
                     match croner::Cron::from_str(line) {
+                        Ok(c) if c.find_next_occurrence(&chrono::Utc::now(), false).is_err() => {
+                            self.err(
+                                "schedule.cron",
+                                "this cron line never fires (e.g. 30 February)",
+                            );
+                            None
+                        }
                         Ok(c) => Some((line.to_string(), c)),
                         Err(e) => {
                             self.err("schedule.cron", format!("invalid cron line: {e}"));
@@ -876,9 +978,10 @@ impl Validator<'_> {
         };
         let batch_size = match s.batch_size {
             None => 1000,
-            Some(n) if (1..=100_000).contains(&n) => n as u32,
+            // Each batch binds its keys as parameters: SQLite allows 32,766, MySQL 65,535.
+            Some(n) if (1..=10_000).contains(&n) => n as u32,
             Some(_) => {
-                self.err("safety.batch_size", "must be between 1 and 100000");
+                self.err("safety.batch_size", "must be between 1 and 10000");
                 ok = false;
                 1000
             }
@@ -1159,6 +1262,9 @@ impl Validator<'_> {
             self.err(&p, "a class name is letters, digits and _");
         }
         let table = self.table(&format!("{p}.table"), c.table.as_deref());
+        if let Some(why) = table.as_ref().and_then(forbidden_table) {
+            self.err(&format!("{p}.table"), why);
+        }
         let key = self.ident(&format!("{p}.key"), c.key.as_deref());
         let age = match &c.age {
             None => {
@@ -1281,7 +1387,7 @@ impl Validator<'_> {
             }
         }
         match action {
-            Some(Action::Anonymize) if anonymize.is_empty() && c.anonymize.is_none() => {
+            Some(Action::Anonymize) if c.anonymize.as_ref().is_none_or(|m| m.is_empty()) => {
                 self.err(
                     &p,
                     "action anonymize needs anonymize: (a strategy per column)",
@@ -1291,6 +1397,14 @@ impl Validator<'_> {
                 self.err(&format!("{p}.anonymize"), "only for action anonymize");
             }
             _ => {}
+        }
+        if let Some(k) = &key {
+            if anonymize.iter().any(|(col, _)| col == k) {
+                self.err(
+                    &format!("{p}.anonymize.{k}"),
+                    "the key cannot be anonymized: batches walk it",
+                );
+            }
         }
         let scope = self.conditions(
             &format!("{p}.scope"),
@@ -1337,6 +1451,9 @@ impl Validator<'_> {
             let dp = format!("{p}.delete_with[{i}]");
             let t = self.table(&format!("{dp}.table"), d.table.as_deref());
             let col = self.ident(&format!("{dp}.column"), d.column.as_deref());
+            if let Some(why) = t.as_ref().and_then(forbidden_table) {
+                self.err(&format!("{dp}.table"), why);
+            }
             if let (Some(table), Some(column)) = (t, col) {
                 delete_with.push(Dependent { table, column });
             }
@@ -1492,6 +1609,32 @@ fn scalar(v: &RawScalar) -> Scalar {
     }
 }
 
+/// Why a table may not be the target of a class, if it may not: Lethe's own tables
+/// (a class must never delete the ledger) and the database's system catalogs.
+fn forbidden_table(t: &TableName) -> Option<String> {
+    let name = t.name.as_str().to_ascii_lowercase();
+    let schema = t.schema.as_ref().map(|s| s.as_str().to_ascii_lowercase());
+    if name.starts_with("lethe_") || name == "_sqlx_migrations" {
+        return Some("Lethe's own tables (the ledger) cannot be a class's target".into());
+    }
+    let system_schema = matches!(
+        schema.as_deref(),
+        Some(
+            "information_schema"
+                | "mysql"
+                | "performance_schema"
+                | "sys"
+                | "pg_catalog"
+                | "pg_toast"
+                | "lethe"
+        )
+    );
+    if name.starts_with("sqlite_") || name.starts_with("pg_") || system_schema {
+        return Some("a system catalog cannot be a class's target".into());
+    }
+    None
+}
+
 /// Shortens a user-given value for an error message (it may be garbage, or huge).
 fn truncate(s: &str) -> String {
     let mut out: String = s.chars().take(40).collect();
@@ -1501,25 +1644,31 @@ fn truncate(s: &str) -> String {
     out
 }
 
-/// Overlays the file's class fields onto the profile's.
+/// Overlays the file's class fields onto the profile's. Single values replace the
+/// profile's; lists of conditions and dependents (`scope`, `immediate`, `exempt`,
+/// `delete_with`) and the `anonymize` map are added to the profile's, never replace
+/// them: a file can make a profile class keep more, never silently drop one of its
+/// protections (fail safe). Switching an anonymize class to `action: delete` drops its
+/// column strategies.
 fn merge_class(base: &mut RawClass, over: RawClass) {
     macro_rules! take {
         ($($f:ident),*) => { $( if over.$f.is_some() { base.$f = over.$f; } )* };
     }
-    take!(
-        description,
-        enabled,
-        table,
-        key,
-        age,
-        retain,
-        action,
-        anonymize,
-        scope,
-        immediate,
-        exempt,
-        delete_with
-    );
+    macro_rules! extend {
+        ($($f:ident),*) => { $( if let Some(more) = over.$f {
+            base.$f.get_or_insert_with(Vec::new).extend(more);
+        } )* };
+    }
+    if over.action.as_deref() == Some("delete") && over.anonymize.is_none() {
+        base.anonymize = None;
+    }
+    if let Some(more) = over.anonymize {
+        base.anonymize
+            .get_or_insert_with(Default::default)
+            .extend(more);
+    }
+    take!(description, enabled, table, key, age, retain, action);
+    extend!(scope, immediate, exempt, delete_with);
 }
 
 /// Parses a short duration such as "5 minutes", "30 seconds", "1 hour".

@@ -217,6 +217,8 @@ impl Db {
                     .create_if_missing(false)
                     .foreign_keys(true)
                     .journal_mode(SqliteJournalMode::Wal)
+                    // Deleted rows are overwritten, not left readable in free pages.
+                    .pragma("secure_delete", "ON")
                     .busy_timeout(Duration::from_secs(30));
                 let pool = SqlitePoolOptions::new()
                     .max_connections(2)
@@ -341,6 +343,41 @@ impl Db {
         Ok(rows)
     }
 
+    /// The columns of `table`'s primary key, from the catalog.
+    ///
+    /// # Errors
+    /// The catalog query failed.
+    pub async fn primary_key(&self, table: &TableName) -> Result<Vec<String>, DbError> {
+        Ok(match self {
+            Db::Sqlite(p) => {
+                sqlx::query_scalar("SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk")
+                    .bind(table.name.as_str())
+                    .fetch_all(p)
+                    .await?
+            }
+            Db::MySql(p) => {
+                sqlx::query_scalar(
+                    "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
+                     WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND column_key = 'PRI'",
+                )
+                .bind(table.schema.as_ref().map(|s| s.as_str().to_string()))
+                .bind(table.name.as_str())
+                .fetch_all(p)
+                .await?
+            }
+            Db::Postgres(p) => {
+                sqlx::query_scalar(
+                    "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
+                     ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                     WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
+                )
+                .bind(table.to_string())
+                .fetch_all(p)
+                .await?
+            }
+        })
+    }
+
     /// Checks every table and column the classes and the anonymous-patron source name
     /// against the catalog, and that each class key is an integer column. Returns all
     /// problems in one error.
@@ -376,11 +413,34 @@ impl Db {
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case(col.as_str()))
             {
-                problems.push(format!("{ctx}: column {table}.{col} does not exist"));
+                let m = format!("{ctx}: column {table}.{col} does not exist");
+                if !problems.contains(&m) {
+                    problems.push(m);
+                }
             }
         }
         for c in &cfg.classes {
-            if let Some(cols) = cache.get(&c.table) {
+            if let Some(cols) = cache.get(&c.table).filter(|c| !c.is_empty()) {
+                let pk = self.primary_key(&c.table).await?;
+                if !(pk.len() == 1 && pk[0].eq_ignore_ascii_case(c.key.as_str())) {
+                    problems.push(format!(
+                        "classes.{}: key {}.{} is not the table's primary key: batches need a unique integer key",
+                        c.name, c.table, c.key
+                    ));
+                }
+                for a in &c.age.columns {
+                    if let Some((_, ty)) = cols
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(a.as_str()))
+                    {
+                        if !(ty.contains("date") || ty.contains("time")) {
+                            problems.push(format!(
+                                "classes.{}: age column {}.{a} is of type {ty}, not a date or time",
+                                c.name, c.table
+                            ));
+                        }
+                    }
+                }
                 if let Some((_, ty)) = cols
                     .iter()
                     .find(|(n, _)| n.eq_ignore_ascii_case(c.key.as_str()))
@@ -397,7 +457,7 @@ impl Db {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(DbError::Schema(problems.join("; ")))
+            Err(DbError::Schema(problems.join("\n")))
         }
     }
 

@@ -415,7 +415,13 @@ pub async fn enforce_once(
     let mode = cfg.safety.mode;
     let started_at = opts.now;
     // Before this run is recorded: was the previous one missed?
-    let notices: Vec<String> = missed_run(cfg, db, opts.now).await?.into_iter().collect();
+    let mut notices: Vec<String> = missed_run(cfg, db, opts.now).await?.into_iter().collect();
+    for (id, changed) in ledger::close_stale_runs(db).await? {
+        notices.push(format!(
+            "Run {id} did not finish: the worker stopped (power loss or killed). Its {changed} committed changes are \
+             recorded in the ledger; this run finishes the work."
+        ));
+    }
     for n in &notices {
         tracing::warn!("{n}");
     }

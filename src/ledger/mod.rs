@@ -35,7 +35,6 @@ pub async fn open_run(
     started_at: DateTime<Utc>,
     policy_json: &str,
 ) -> Result<i64, DbError> {
-    close_stale_runs(db).await?;
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let policy_sha = hex::encode(Sha256::digest(policy_json.as_bytes()));
     let mut ins = Query::insert();
@@ -64,8 +63,14 @@ pub async fn open_run(
     Ok(id)
 }
 
-/// Marks runs left `running` (their worker died) as `interrupted` and hashes them.
-async fn close_stale_runs(db: &Db) -> Result<(), DbError> {
+/// Marks runs left `running` (their worker died: power loss, SIGKILL) as `interrupted`
+/// and hashes them into the chain. Returns each such run's id and the rows its
+/// committed batches changed, so the next report can tell the director.
+///
+/// # Errors
+/// [`DbError`].
+pub async fn close_stale_runs(db: &Db) -> Result<Vec<(i64, i64)>, DbError> {
+    let mut closed = Vec::new();
     let mut q = Query::select();
     q.expr(Expr::col(t("id")))
         .from(t("lethe_runs"))
@@ -102,8 +107,15 @@ async fn close_stale_runs(db: &Db) -> Result<(), DbError> {
             run_id = id,
             "an earlier run did not close: recorded as interrupted"
         );
+        let mut tx = db.begin().await?;
+        let changed = load_entries(&mut tx, Some(id), None)
+            .await?
+            .first()
+            .map_or(0, LedgerEntry::total_affected);
+        tx.commit().await?;
+        closed.push((id, changed));
     }
-    Ok(())
+    Ok(closed)
 }
 
 /// Inserts a class's row for a run, with its counts from the plan, status `running`.

@@ -65,7 +65,7 @@ fn every_bad_config_is_rejected_with_its_place() {
             assert!(e.file.starts_with(&file), "{msg}");
         }
         // Every error names a line and column, except the ones about the whole file.
-        let whole_file = ["empty", "not UTF-8"];
+        let whole_file = ["empty", "not UTF-8", "brackets nested", "bytes, more than"];
         if !whole_file.iter().any(|w| msg.contains(w)) {
             assert!(
                 err.0.iter().all(|e| e.location.is_some()),
@@ -121,4 +121,51 @@ fn env_expansion_and_password_from_environment() {
         missing.to_string().contains("KOHA_PW is not set"),
         "{missing}"
     );
+}
+
+/// Regression: a file saved with a UTF-8 byte-order mark was read as two documents.
+#[test]
+fn a_byte_order_mark_is_not_content() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("retention.yaml");
+    let text = format!("\u{feff}{}", std::fs::read_to_string(&path).unwrap());
+    let cfg = config::parse_str(&text, "bom.yaml", Path::new("/tmp"), &|_| None).unwrap();
+    assert_eq!(cfg.classes.len(), 3);
+}
+
+/// Regression: adding one exemption to a profile class replaced all of the profile's
+/// exemptions, so staff, guarantors and patrons who owed money became deletable.
+#[test]
+fn a_class_override_adds_to_the_profiles_lists_and_never_replaces_them() {
+    let yaml = "database:\n  url: sqlite://x.db\nschedule:\n  cron: \"30 2 * * *\"\n  timezone: UTC\nprofile: koha\n\
+                classes:\n  expired_patrons:\n    exempt:\n      - { reason: legal_hold, column: borrowernotes, eq: \"LEGAL HOLD\" }\n\
+                \x20   scope:\n      - { column: branchcode, eq: MAIN }\n";
+    let cfg = config::parse_str(yaml, "x.yaml", Path::new("/tmp"), &|_| None).unwrap();
+    let c = cfg
+        .classes
+        .iter()
+        .find(|c| c.name == "expired_patrons")
+        .unwrap();
+    let profile = config::parse_str(
+        "database:\n  url: sqlite://x.db\nschedule:\n  cron: \"30 2 * * *\"\n  timezone: UTC\nprofile: koha\n",
+        "y.yaml",
+        Path::new("/tmp"),
+        &|_| None,
+    )
+    .unwrap();
+    let p = profile
+        .classes
+        .iter()
+        .find(|c| c.name == "expired_patrons")
+        .unwrap();
+    assert_eq!(c.exempt.len(), p.exempt.len() + 1);
+    for e in &p.exempt {
+        assert!(c.exempt.contains(e), "profile exemption {e:?} lost");
+    }
+    assert_eq!(c.scope.len(), p.scope.len() + 1);
+    // Switching an anonymize class to delete drops its column strategies.
+    let yaml = "database:\n  url: sqlite://x.db\nschedule:\n  cron: \"30 2 * * *\"\n  timezone: UTC\nprofile: koha\n\
+                classes:\n  circulation_history:\n    action: delete\n";
+    let cfg = config::parse_str(yaml, "x.yaml", Path::new("/tmp"), &|_| None).unwrap();
+    assert!(cfg.classes[0].anonymize.is_empty());
+    assert!(!cfg.classes[0].exempt.is_empty());
 }

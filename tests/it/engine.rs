@@ -608,3 +608,36 @@ async fn a_missed_run_is_reported_by_the_next_run_and_by_verify(db: TestDb) {
     ldb.close().await;
     assert!(c.missed_run.is_none());
 }
+
+both_backends!(a_local_exemption_keeps_the_profiles_protections);
+async fn a_local_exemption_keeps_the_profiles_protections(db: TestDb) {
+    koha_reference(&db, None).await;
+    patron(&db, 26, 1, "2018-01-01", "PT").await; // staff permissions
+    db.exec("UPDATE borrowers SET flags = 1 WHERE borrowernumber = 26")
+        .await;
+    patron(&db, 28, 1, "2018-01-01", "PT").await; // protected flag
+    db.exec("UPDATE borrowers SET protected = 1 WHERE borrowernumber = 28")
+        .await;
+    patron(&db, 24, 1, "2018-01-01", "PT").await; // owes money
+    accountline(&db, 10, Some(24), None, 3.0).await;
+    patron(&db, 40, 1, "2018-01-01", "PT").await; // under a legal hold
+    db.exec("UPDATE borrowers SET borrowernotes = 'LEGAL HOLD' WHERE borrowernumber = 40")
+        .await;
+    patron(&db, 41, 1, "2018-01-01", "PT").await; // nothing: deleted
+    let cfg = db.config(
+        "classes:\n  circulation_history: { enabled: false }\n  holds_history: { enabled: false }\n\
+         \x20 expired_patrons:\n    exempt:\n      - { reason: legal_hold, column: borrowernotes, eq: \"LEGAL HOLD\" }\n",
+    );
+    let r = run_at(&cfg, now(), true).await;
+    let c = class(&r, "expired_patrons");
+    assert_eq!(c.affected, 1, "{c:?}");
+    assert_eq!(
+        (c.kept.legal_hold, c.kept.obligations, c.kept.protected),
+        (1, 1, 2),
+        "{c:?}"
+    );
+    for n in [1, 24, 26, 28, 40] {
+        assert!(exists(&db, n).await, "patron {n} should be kept");
+    }
+    assert!(!exists(&db, 41).await);
+}
