@@ -14,7 +14,7 @@
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClassDef, Config};
+use crate::config::{AgeType, ClassDef, CmpOp, ColumnTest, Condition, Config, Scalar, Strategy};
 use crate::db::sql::{self, Bindings};
 use crate::db::{Db, DbError};
 use crate::ledger;
@@ -363,6 +363,65 @@ pub struct RunOptions {
     pub cancel: CancellationToken,
 }
 
+fn scalar_json(v: &Scalar) -> serde_json::Value {
+    match v {
+        Scalar::Int(i) => serde_json::json!(i),
+        Scalar::Float(f) => serde_json::json!(f),
+        Scalar::Text(t) => serde_json::json!(t),
+    }
+}
+
+fn test_json(t: &ColumnTest) -> serde_json::Value {
+    match t {
+        ColumnTest::IsNull(c) => serde_json::json!({ "column": c.as_str(), "is_null": true }),
+        ColumnTest::NotNull(c) => serde_json::json!({ "column": c.as_str(), "not_null": true }),
+        ColumnTest::Compare(c, op, v) => {
+            let op = match op {
+                CmpOp::Eq => "eq",
+                CmpOp::Ne => "ne",
+                CmpOp::Gt => "gt",
+                CmpOp::Ge => "ge",
+                CmpOp::Lt => "lt",
+                CmpOp::Le => "le",
+            };
+            serde_json::json!({ "column": c.as_str(), op: scalar_json(v) })
+        }
+    }
+}
+
+/// A condition in the same shape as `retention.yaml` writes it, for the canonical
+/// policy an auditor reads.
+fn condition_json(class: &ClassDef, c: &Condition) -> serde_json::Value {
+    match c {
+        Condition::Column(t) => test_json(t),
+        Condition::AnonymousPatron(col) => serde_json::json!({ "anonymous_patron": col.as_str() }),
+        Condition::Exists {
+            negated,
+            table,
+            column,
+            matches,
+            filter,
+        } => {
+            let matches = if matches.as_str().is_empty() {
+                &class.key
+            } else {
+                matches
+            };
+            let body = serde_json::json!({
+                "table": table.to_string(),
+                "column": column.as_str(),
+                "matches": matches.as_str(),
+                "where": filter.iter().map(test_json).collect::<Vec<_>>(),
+            });
+            if *negated {
+                serde_json::json!({ "not_exists": body })
+            } else {
+                serde_json::json!({ "exists": body })
+            }
+        }
+    }
+}
+
 /// The effective policy as canonical JSON (no secrets): what the run enforced. Its
 /// SHA-256 is stored with the run.
 pub fn policy_json(cfg: &Config) -> String {
@@ -375,13 +434,26 @@ pub fn policy_json(cfg: &Config) -> String {
                 "table": c.table.to_string(),
                 "key": c.key.as_str(),
                 "age": { "columns": c.age.columns.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
-                         "type": format!("{:?}", c.age.kind).to_lowercase() },
+                         "type": match c.age.kind {
+                             AgeType::Datetime => "datetime",
+                             AgeType::Date => "date",
+                             AgeType::Timestamptz => "timestamptz",
+                         } },
                 "retain": c.retain.to_string(),
                 "action": c.action.as_str(),
-                "anonymize": c.anonymize.iter().map(|(col, s)| format!("{col}: {s:?}")).collect::<Vec<_>>(),
-                "scope": c.scope.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>(),
-                "immediate": c.immediate.iter().map(|x| format!("{x:?}")).collect::<Vec<_>>(),
-                "exempt": c.exempt.iter().map(|(r, x)| format!("{}: {x:?}", r.as_str())).collect::<Vec<_>>(),
+                "anonymize": c.anonymize.iter().map(|(col, s)| {
+                    let strategy = match s {
+                        Strategy::SetNull => serde_json::json!("set_null"),
+                        Strategy::AnonymousPatron => serde_json::json!("anonymous_patron"),
+                        Strategy::SetValue(v) => serde_json::json!({ "set_value": scalar_json(v) }),
+                    };
+                    serde_json::json!({ "column": col.as_str(), "strategy": strategy })
+                }).collect::<Vec<_>>(),
+                "scope": c.scope.iter().map(|x| condition_json(c, x)).collect::<Vec<_>>(),
+                "immediate": c.immediate.iter().map(|x| condition_json(c, x)).collect::<Vec<_>>(),
+                "exempt": c.exempt.iter().map(|(r, x)| {
+                    serde_json::json!({ "reason": r.as_str(), "when": condition_json(c, x) })
+                }).collect::<Vec<_>>(),
                 "delete_with": c.delete_with.iter().map(|d| format!("{}.{}", d.table, d.column)).collect::<Vec<_>>(),
             })
         })
