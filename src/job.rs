@@ -83,7 +83,8 @@ async fn enforce(
 }
 
 async fn deliver(cfg: &Config, summary: &RunSummary) -> Option<Delivery> {
-    match report::deliver(&cfg.report, summary).await {
+    let ctx = report_context(cfg, summary).await;
+    match report::deliver(&cfg.report, summary, &ctx).await {
         Ok(d) => {
             match &d {
                 Delivery::Sent => tracing::info!(run_id = summary.run_id, "report sent"),
@@ -99,4 +100,67 @@ async fn deliver(cfg: &Config, summary: &RunSummary) -> Option<Delivery> {
             None
         }
     }
+}
+
+/// How long reading the report's history from the ledger may take before the report
+/// goes out without it.
+const HISTORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The report's history and audit hashes from the ledger: the last
+/// [`report::HISTORY_RUNS`] runs up to this one, and this run's ledger hash and policy
+/// SHA-256. A plan or a run that was never recorded (no `run_id`) gets none. Any error
+/// (connecting, reading, or taking longer than [`HISTORY_TIMEOUT`]) is logged and the
+/// report goes out without history: it never stops the report.
+async fn report_context(cfg: &Config, summary: &RunSummary) -> report::ReportContext {
+    let Some(run_id) = summary.run_id else {
+        return report::ReportContext::default();
+    };
+    match tokio::time::timeout(HISTORY_TIMEOUT, read_report_context(cfg, run_id)).await {
+        Ok(Ok(ctx)) => ctx,
+        Ok(Err(e)) => {
+            tracing::warn!(run_id, error = %e, "could not read the run history from the ledger; the report goes out without it");
+            report::ReportContext::default()
+        }
+        Err(_elapsed) => {
+            tracing::warn!(
+                run_id,
+                timeout_s = HISTORY_TIMEOUT.as_secs(),
+                "reading the run history from the ledger took too long; the report goes out without it"
+            );
+            report::ReportContext::default()
+        }
+    }
+}
+
+async fn read_report_context(
+    cfg: &Config,
+    run_id: i64,
+) -> Result<report::ReportContext, crate::db::DbError> {
+    let db = Db::connect(cfg).await?;
+    let entries = crate::ledger::entries(&db, None).await;
+    db.close().await;
+    let mut entries = entries?;
+    entries.retain(|e| e.id <= run_id);
+    let mut ctx = report::ReportContext::default();
+    if let Some(current) = entries.iter().find(|e| e.id == run_id) {
+        ctx.ledger_hash = current.hash.clone();
+        ctx.policy_sha256 = Some(current.policy_sha256.clone()).filter(|h| !h.is_empty());
+    }
+    let skip = entries.len().saturating_sub(report::HISTORY_RUNS);
+    for e in entries.iter().skip(skip) {
+        match chrono::DateTime::parse_from_rfc3339(&e.started_at) {
+            Ok(started) => ctx.history.push(report::HistoryPoint {
+                run_id: e.id,
+                started_at: started.with_timezone(&Utc),
+                affected: u64::try_from(e.total_affected()).unwrap_or(0),
+                status: e.status.clone(),
+            }),
+            Err(err) => tracing::warn!(
+                run_id = e.id,
+                error = %err,
+                "a ledger entry's start time is not RFC 3339; it is left out of the report's history"
+            ),
+        }
+    }
+    Ok(ctx)
 }

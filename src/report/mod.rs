@@ -2,9 +2,13 @@
 //! sent by SMTP with lettre, or written as an `.eml` file to the outbox when SMTP is not
 //! configured or sending fails; messages left in the outbox are sent at the next run.
 //!
-//! The report holds what a [`RunSummary`] holds and nothing else: the library's name,
-//! the run id, mode, status, times, and per class its name, table, action, cutoff,
-//! counts and error text. It never names a patron.
+//! The report holds what a [`RunSummary`] and a [`ReportContext`] hold and nothing
+//! else: the library's name, the run id, mode, status, times, notices, and per class its
+//! name, table, action, cutoff, counts and error text; from the ledger, the recent runs'
+//! ids, start times, statuses and counts (a bar chart, an inline PNG) and the run's
+//! ledger and policy hashes. It never names a patron. It opens with a one-line verdict
+//! in plain words ("All 3 kinds of record were enforced; 86,637 records anonymized,
+//! 2,113 patron records deleted.").
 //!
 //! Delivery order is oldest first: [`deliver`] flushes the outbox before it sends the
 //! new report, and when older messages are still waiting (the relay failed on one of
@@ -16,8 +20,8 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use lettre::address::Envelope;
-use lettre::message::header::{HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
@@ -113,6 +117,39 @@ pub enum ReportError {
     Build(#[source] lettre::error::Error),
 }
 
+/// One earlier (or the current) run, as the report's history chart shows it: counts and
+/// ids only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPoint {
+    /// The run's ledger id.
+    pub run_id: i64,
+    /// When the run started, UTC.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// Rows changed by the run over all its classes (0 for a dry run).
+    pub affected: u64,
+    /// How the run ended, as the ledger records it: `ok`, `failed`, `tripped`,
+    /// `interrupted` (or `running` while open). Any other text is shown as it is.
+    pub status: String,
+}
+
+/// What the report shows besides the [`RunSummary`]: the recent runs and the audit
+/// hashes, read from the ledger by the caller. [`Default`] (no history, no hashes) gives
+/// a report without the chart, whose auditor footer says the hashes are not available.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportContext {
+    /// The last runs, oldest first, including the current one; at most
+    /// [`HISTORY_RUNS`] are shown (the newest ones, when more are given). Empty: no
+    /// chart and no history lines.
+    pub history: Vec<HistoryPoint>,
+    /// The current run's ledger hash (SHA-256, hex), when the run is sealed.
+    pub ledger_hash: Option<String>,
+    /// SHA-256 (hex) of the effective policy the run enforced, as the ledger holds it.
+    pub policy_sha256: Option<String>,
+}
+
+/// The number of runs the history chart and list show at most.
+pub const HISTORY_RUNS: usize = 12;
+
 // ---------------------------------------------------------------------------------
 // Rendering
 // ---------------------------------------------------------------------------------
@@ -120,10 +157,15 @@ pub enum ReportError {
 /// One report, laid out once and written as text or HTML, so both say the same.
 struct View {
     title: String,
+    verdict: String,
+    tone: Tone,
+    notices: Vec<String>,
     overview: Vec<(&'static str, String)>,
     banner: Option<&'static str>,
     run_error: Option<String>,
     classes: Vec<ClassView>,
+    history: Vec<HistoryRow>,
+    audit: Vec<(&'static str, String)>,
 }
 
 struct ClassView {
@@ -133,12 +175,45 @@ struct ClassView {
     note: Option<&'static str>,
 }
 
+/// How the verdict is coloured in HTML.
+#[derive(Clone, Copy)]
+enum Tone {
+    Good,
+    Dry,
+    Bad,
+}
+
+/// One bar of the history chart, one line of the text history.
+struct HistoryRow {
+    run_id: i64,
+    /// `2026-11-03 06:30 UTC`.
+    started: String,
+    /// `Nov 3`, under the bar.
+    day: String,
+    affected: u64,
+    /// The ledger status, on one line.
+    status: String,
+    current: bool,
+}
+
 const DRY_RUN_BANNER: &str =
     "This was a dry run: nothing was changed. The counts show what an enforcing run would do.";
 
 const TRIPPED_NOTE: &str = "The circuit breaker tripped: this class would have changed more of its table than the safety limit allows, so nothing in it was changed. Check the counts with `lethe plan`; if they are right, run `lethe run --once --allow-large`.";
 
 const LEGEND: &str = "Rows eligible: rows past their retention period that no exemption keeps. Rows kept: rows past their period that an exemption keeps, each counted once under its first reason. This report holds counts only and names no patron.";
+
+const HISTORY_HEADING: &str = "Records changed per run";
+
+const CHART_LEGEND: &str = "Blue: ok; red: failed; orange: tripped; grey: interrupted or other. The bar with a black mark under it is this run; bar heights are to scale, the tallest being the largest count.";
+
+const AUDIT_HEADING: &str = "For the auditor";
+
+const AUDIT_NOTE: &str = "The ledger hash covers this run's record and the hash of the run before it; `lethe ledger verify` recomputes the whole chain.";
+
+/// The longest error text quoted in the verdict, in characters; the class table has
+/// the whole text.
+const VERDICT_ERROR_CHARS: usize = 300;
 
 fn run_label(summary: &RunSummary) -> String {
     match summary.run_id {
@@ -219,6 +294,209 @@ fn human_duration(summary: &RunSummary) -> String {
     }
 }
 
+// --- The verdict ------------------------------------------------------------------
+
+/// Whether a table holds the patrons themselves (Koha `borrowers`, `deletedborrowers`;
+/// Evergreen `actor.usr`): its rows are "patron records" in the verdict.
+fn is_patron_table(table: &str) -> bool {
+    let bare = table.rsplit('.').next().unwrap_or(table);
+    ["borrowers", "deletedborrowers", "usr"]
+        .iter()
+        .any(|t| bare.eq_ignore_ascii_case(t))
+}
+
+/// `1 record`, `2,113 patron records`.
+fn records(n: u64, patron: bool) -> String {
+    let noun = match (patron, n == 1) {
+        (true, true) => "patron record",
+        (true, false) => "patron records",
+        (false, true) => "record",
+        (false, false) => "records",
+    };
+    format!("{} {noun}", grouped(n))
+}
+
+/// The changes of the given classes, summed per action and kind of record (patron
+/// records or other records), in the order they first appear, groups of 0 left out:
+/// `86,637 records anonymized, 2,113 patron records deleted`. `None` when all are 0.
+fn change_phrase<'a>(
+    classes: impl Iterator<Item = &'a ClassSummary>,
+    count: impl Fn(&ClassSummary) -> u64,
+    would: bool,
+) -> Option<String> {
+    let mut groups: Vec<(Action, bool, u64)> = Vec::new();
+    for c in classes {
+        let key = (c.action, is_patron_table(&c.table));
+        let n = count(c);
+        match groups.iter_mut().find(|g| (g.0, g.1) == key) {
+            Some(g) => g.2 = g.2.saturating_add(n),
+            None => groups.push((key.0, key.1, n)),
+        }
+    }
+    let phrases: Vec<String> = groups
+        .into_iter()
+        .filter(|g| g.2 > 0)
+        .map(|(action, patron, n)| {
+            let verb = match (action, would) {
+                (Action::Anonymize, false) => "anonymized",
+                (Action::Delete, false) => "deleted",
+                (Action::Anonymize, true) => "would have been anonymized",
+                (Action::Delete, true) => "would have been deleted",
+            };
+            format!("{} {verb}", records(n, patron))
+        })
+        .collect();
+    (!phrases.is_empty()).then(|| phrases.join(", "))
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// Error text for the one-line verdict: on one line, blanks collapsed, at most
+/// [`VERDICT_ERROR_CHARS`] characters, without a final full stop.
+fn short_error(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = flat.trim_end_matches('.');
+    if flat.chars().count() <= VERDICT_ERROR_CHARS {
+        return flat.to_owned();
+    }
+    let cut: String = flat.chars().take(VERDICT_ERROR_CHARS - 1).collect();
+    format!("{}…", cut.trim_end())
+}
+
+/// `a` or `a (<error>)`: a class's name and, if it has one, its error text.
+fn name_with_error(c: &ClassSummary) -> String {
+    match c.error.as_deref().map(short_error) {
+        Some(e) if !e.is_empty() => format!("{} ({e})", c.name),
+        _ => c.name.clone(),
+    }
+}
+
+/// The one-line verdict at the top of the report, and its tone. It names classes and
+/// quotes their error texts (which hold class, table and counts only), never a patron.
+fn verdict(summary: &RunSummary) -> (String, Tone) {
+    let dry = summary.mode == Mode::DryRun;
+    let classes = &summary.classes;
+    let of = |status: ClassStatus| classes.iter().filter(move |c| c.status == status);
+    // What stands: rows changed (enforce), or what an enforcing run would change
+    // (dry run: the eligible rows of the classes that were counted).
+    let changes = if dry {
+        change_phrase(of(ClassStatus::Ok), |c| c.eligible, true)
+    } else {
+        change_phrase(classes.iter(), |c| c.affected, false)
+    };
+    let standing = |what: &str| match (&changes, dry) {
+        (Some(ch), false) => format!(" Changes that stand: {ch}."),
+        (Some(ch), true) => format!(" {what}: {ch}."),
+        (None, _) => String::new(),
+    };
+    let run = if dry { "dry run" } else { "run" };
+    match summary.status {
+        RunStatus::Ok => {
+            let kinds = match classes.len() {
+                0 => {
+                    return (
+                        format!(
+                            "The {run} finished, but no kind of record is configured: nothing was changed."
+                        ),
+                        Tone::Bad,
+                    );
+                }
+                1 => "The 1 kind of record was".to_owned(),
+                n => format!("All {n} kinds of record were"),
+            };
+            if dry {
+                let what = changes.unwrap_or_else(|| {
+                    "no record is past its retention period and unprotected".to_owned()
+                });
+                (
+                    format!("Dry run: nothing was changed; {what}. {kinds} checked."),
+                    Tone::Dry,
+                )
+            } else {
+                let what = changes
+                    .unwrap_or_else(|| "no record was due, so nothing was changed".to_owned());
+                (format!("{kinds} enforced; {what}."), Tone::Good)
+            }
+        }
+        RunStatus::Failed => {
+            let failed: Vec<String> = of(ClassStatus::Failed)
+                .map(|c| match c.error.as_deref().map(short_error) {
+                    Some(e) if !e.is_empty() => format!("class {} failed: {e}", c.name),
+                    _ => format!("class {} failed", c.name),
+                })
+                .collect();
+            let why = if !failed.is_empty() {
+                format!(": {}", failed.join("; "))
+            } else if let Some(e) = summary.error.as_deref().map(short_error) {
+                format!(": {e}")
+            } else {
+                String::new()
+            };
+            let head = if dry {
+                "The dry run FAILED"
+            } else {
+                "The run FAILED"
+            };
+            (
+                format!("{head}{why}.{}", standing("Otherwise counted")),
+                Tone::Bad,
+            )
+        }
+        RunStatus::Tripped => {
+            let tripped: Vec<String> = of(ClassStatus::Tripped).map(name_with_error).collect();
+            let (subject, pronoun) = match tripped.len() {
+                0 => ("a class".to_owned(), "it"),
+                1 => (format!("class {}", and_list(&tripped)), "it"),
+                _ => (format!("classes {}", and_list(&tripped)), "them"),
+            };
+            let text = if dry {
+                format!(
+                    "Dry run: nothing was changed, and the safety limit would stop {subject}: an enforcing run would change nothing in {pronoun}.{}",
+                    standing("Otherwise")
+                )
+            } else {
+                format!(
+                    "The run was STOPPED by the safety limit: {subject} tripped, so nothing in {pronoun} was changed.{}",
+                    standing("")
+                )
+            };
+            (text, Tone::Bad)
+        }
+        RunStatus::Interrupted => {
+            let skipped: Vec<String> = of(ClassStatus::Skipped).map(|c| c.name.clone()).collect();
+            let not_reached = match skipped.len() {
+                0 => String::new(),
+                1 => format!(" Not reached: class {}.", skipped[0]),
+                _ => format!(" Not reached: classes {}.", and_list(&skipped)),
+            };
+            let head = if dry {
+                "The dry run was INTERRUPTED: Lethe was stopped during the run; nothing was changed."
+            } else {
+                "The run was INTERRUPTED: Lethe was stopped during the run."
+            };
+            (
+                format!("{head}{}{not_reached}", standing("Counted before that")),
+                Tone::Bad,
+            )
+        }
+        RunStatus::Skipped => (
+            format!(
+                "Nothing was done: another Lethe worker was already running and reports its own {run}."
+            ),
+            Tone::Dry,
+        ),
+    }
+}
+
+// --- Layout -------------------------------------------------------------------------
+
 fn class_view(class: &ClassSummary, mode: Mode) -> ClassView {
     let changed = match mode {
         Mode::Enforce => grouped(class.affected),
@@ -256,7 +534,46 @@ fn class_view(class: &ClassSummary, mode: Mode) -> ClassView {
     }
 }
 
-fn view(cfg: &ReportConfig, summary: &RunSummary) -> View {
+/// The last [`HISTORY_RUNS`] points of the context, oldest first.
+fn history_rows(summary: &RunSummary, ctx: &ReportContext) -> Vec<HistoryRow> {
+    let skip = ctx.history.len().saturating_sub(HISTORY_RUNS);
+    ctx.history
+        .iter()
+        .skip(skip)
+        .map(|p| HistoryRow {
+            run_id: p.run_id,
+            started: p.started_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            day: p.started_at.format("%b %-d").to_string(),
+            affected: p.affected,
+            status: one_line(&p.status),
+            current: summary.run_id == Some(p.run_id),
+        })
+        .collect()
+}
+
+/// The auditor's lines: the run's ledger hash and the policy hash, or why they are
+/// missing.
+fn audit_rows(summary: &RunSummary, ctx: &ReportContext) -> Vec<(&'static str, String)> {
+    let missing = match summary.run_id {
+        Some(id) => format!("not available in this report; see `lethe ledger show {id}`"),
+        None => "none: a plan is not recorded in the ledger".to_owned(),
+    };
+    let hash = |h: &Option<String>| match h.as_deref().map(one_line) {
+        Some(h) if !h.trim().is_empty() => h,
+        _ => missing.clone(),
+    };
+    let hash_label = if summary.run_id.is_some() {
+        "Ledger hash of this run"
+    } else {
+        "Ledger hash"
+    };
+    vec![
+        (hash_label, hash(&ctx.ledger_hash)),
+        ("Policy SHA-256", hash(&ctx.policy_sha256)),
+    ]
+}
+
+fn view(cfg: &ReportConfig, summary: &RunSummary, ctx: &ReportContext) -> View {
     let mode = match summary.mode {
         Mode::Enforce => "enforce: rows past their retention period were changed",
         Mode::DryRun => "dry run: nothing was changed",
@@ -284,12 +601,21 @@ fn view(cfg: &ReportConfig, summary: &RunSummary) -> View {
             format!("{} {}", grouped(total), rows_word(total)),
         ),
     ];
+    let (verdict, tone) = verdict(summary);
     View {
         title: format!(
             "Lethe data-retention report: {}, {}",
             cfg.library,
             run_label(summary)
         ),
+        verdict,
+        tone,
+        notices: summary
+            .notices
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect(),
         overview,
         banner: (summary.mode == Mode::DryRun).then_some(DRY_RUN_BANNER),
         run_error: summary.error.clone(),
@@ -298,6 +624,8 @@ fn view(cfg: &ReportConfig, summary: &RunSummary) -> View {
             .iter()
             .map(|c| class_view(c, summary.mode))
             .collect(),
+        history: history_rows(summary, ctx),
+        audit: audit_rows(summary, ctx),
     }
 }
 
@@ -356,17 +684,36 @@ fn indent_continuation(text: &str, indent: &str) -> String {
         .join(&format!("\n{indent}"))
 }
 
+fn write_text_heading(out: &mut String, heading: &str) {
+    let _ = writeln!(out, "\n{heading}");
+    let _ = writeln!(out, "{}", "-".repeat(heading.chars().count().min(72)));
+}
+
 /// Renders the report as plain text (UTF-8, `\n` line ends, lines of label/value pairs,
 /// one block per class in the summary's order).
 ///
-/// It holds the library name, run id, mode (a dry run says plainly that nothing was
-/// changed), status in plain words, start time (UTC, RFC 3339), duration, and per class:
-/// name, table, action, cutoff (RFC 3339 in the library's zone), rows changed, rows
-/// eligible, rows kept by reason, status, the class's error text if any, and for a
-/// tripped class what to do next. Counts only: nothing else from the summary.
-pub fn render_text(cfg: &ReportConfig, summary: &RunSummary) -> String {
-    let v = view(cfg, summary);
+/// It starts with the one-line verdict (what the run did, in words a director reads at
+/// a glance; a failed run names the failed class and its error), then each of the
+/// summary's notices, then the library name, run id, mode (a dry run says plainly that
+/// nothing was changed), status in plain words, start time (UTC, RFC 3339), duration,
+/// and per class: name, table, action, cutoff (RFC 3339 in the library's zone), rows
+/// changed, rows eligible, rows kept by reason, status, the class's error text if any,
+/// and for a tripped class what to do next. When `ctx.history` is not empty, one line
+/// per run (the last [`HISTORY_RUNS`], oldest first: run id, start, status, rows
+/// changed), the numbers of the HTML chart. Last, for the auditor, the run's ledger hash
+/// and the policy's SHA-256 from `ctx` (or why they are missing). Counts only: nothing
+/// else from the summary.
+pub fn render_text(cfg: &ReportConfig, summary: &RunSummary, ctx: &ReportContext) -> String {
+    text_of(&view(cfg, summary, ctx))
+}
+
+fn text_of(v: &View) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "{}", v.verdict);
+    for notice in &v.notices {
+        let _ = writeln!(out, "\nNOTICE: {}", wrap(notice, 72, "  "));
+    }
+    let _ = writeln!(out);
     let _ = writeln!(out, "{}", v.title);
     let _ = writeln!(out, "{}", "-".repeat(v.title.chars().count().min(72)));
     let _ = writeln!(out);
@@ -381,9 +728,7 @@ pub fn render_text(cfg: &ReportConfig, summary: &RunSummary) -> String {
         let _ = writeln!(out, "\nNo class was processed.");
     }
     for class in &v.classes {
-        let heading = format!("Class: {}", class.name);
-        let _ = writeln!(out, "\n{heading}");
-        let _ = writeln!(out, "{}", "-".repeat(heading.chars().count().min(72)));
+        write_text_heading(&mut out, &format!("Class: {}", class.name));
         write_text_rows(&mut out, &class.rows, "  ");
         if let Some(err) = &class.error {
             let _ = writeln!(out, "  Error: {}", indent_continuation(err, "    "));
@@ -392,6 +737,43 @@ pub fn render_text(cfg: &ReportConfig, summary: &RunSummary) -> String {
             let _ = writeln!(out, "  Note: {}", wrap(note, 64, "    "));
         }
     }
+    if !v.history.is_empty() {
+        write_text_heading(
+            &mut out,
+            &format!(
+                "{HISTORY_HEADING}, last {} {} (oldest first)",
+                v.history.len(),
+                if v.history.len() == 1 { "run" } else { "runs" }
+            ),
+        );
+        let labels: Vec<String> = v
+            .history
+            .iter()
+            .map(|r| format!("run {}", r.run_id))
+            .collect();
+        let counts: Vec<String> = v.history.iter().map(|r| grouped(r.affected)).collect();
+        let label_w = labels.iter().map(String::len).max().unwrap_or(0);
+        let status_w = v
+            .history
+            .iter()
+            .map(|r| r.status.chars().count())
+            .max()
+            .unwrap_or(0);
+        let count_w = counts.iter().map(String::len).max().unwrap_or(0);
+        for ((row, label), count) in v.history.iter().zip(&labels).zip(&counts) {
+            let mark = if row.current { "  (this run)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  {label:<label_w$}  {}  {:<status_w$}  {count:>count_w$} {}{mark}",
+                row.started,
+                row.status,
+                rows_word(row.affected),
+            );
+        }
+    }
+    write_text_heading(&mut out, AUDIT_HEADING);
+    write_text_rows(&mut out, &v.audit, "  ");
+    let _ = writeln!(out, "  {}", wrap(AUDIT_NOTE, 70, "  "));
     let _ = writeln!(out, "\n{}", wrap(LEGEND, 72, ""));
     out
 }
@@ -427,12 +809,48 @@ fn write_html_rows(out: &mut String, rows: &[(&'static str, String)]) {
     }
 }
 
+/// The `Content-ID` of the history chart (without angle brackets): unique per run,
+/// in the sender's domain, the same in [`render_html`]'s `<img src="cid:…">` and in the
+/// image part [`build_message`] attaches.
+fn chart_cid(cfg: &ReportConfig, summary: &RunSummary) -> String {
+    format!(
+        "lethe-chart.{}.{}@{}",
+        summary
+            .run_id
+            .map_or_else(|| "plan".to_owned(), |id| format!("run{id}")),
+        summary.started_at.format("%Y%m%dT%H%M%S"),
+        cfg.from.email.domain()
+    )
+}
+
 /// Renders the same report as [`render_text`] as a self-contained HTML document
-/// (UTF-8, inline styles only, no scripts, images or links), one table per class.
-/// Every interpolated text (library, class and table names, error texts, all values)
-/// is HTML-escaped.
-pub fn render_html(cfg: &ReportConfig, summary: &RunSummary) -> String {
-    let v = view(cfg, summary);
+/// (UTF-8, inline styles only, no scripts or links), one table per class. It starts
+/// with the verdict and the notices. When `ctx.history` is not empty it shows the
+/// history chart as `<img src="cid:…">`, the image [`build_message`] attaches inline in
+/// the same `multipart/related` part (this document alone does not contain it), with
+/// the run, day and count of each bar in a table under it. Every interpolated text
+/// (library, class and table names, notices, error texts, statuses, all values) is
+/// HTML-escaped.
+pub fn render_html(cfg: &ReportConfig, summary: &RunSummary, ctx: &ReportContext) -> String {
+    let v = view(cfg, summary, ctx);
+    let cid = chart_cid(cfg, summary);
+    html_of(&v, (!v.history.is_empty()).then_some(cid.as_str()))
+}
+
+/// Width in pixels of one run's slot in the chart (and of its label column).
+const SLOT_PX: u32 = 50;
+/// Width in pixels of a bar within its slot.
+const BAR_PX: u32 = 30;
+/// Height in pixels of the whole chart.
+const CHART_PX: u32 = 120;
+/// First pixel row bars may reach (the tallest bar's top).
+const PLOT_TOP: u32 = 6;
+/// The baseline's pixel row: bars stand on it, the current run's mark is under it.
+const BASELINE: u32 = 106;
+
+/// HTML of a view; `chart` is the Content-ID of the chart image, `None` for no chart
+/// (the history still shows as a table when there is one).
+fn html_of(v: &View, chart: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "<!DOCTYPE html>");
     let _ = writeln!(out, "<html lang=\"en\"><head><meta charset=\"utf-8\">");
@@ -441,6 +859,23 @@ pub fn render_html(cfg: &ReportConfig, summary: &RunSummary) -> String {
         out,
         "<body style=\"font-family:sans-serif;color:#222;max-width:48em\">"
     );
+    let (border, background) = match v.tone {
+        Tone::Good => ("#2e7d32", "#eef7ee"),
+        Tone::Dry => ("#c90", "#fff8e1"),
+        Tone::Bad => ("#c00", "#fdecea"),
+    };
+    let _ = writeln!(
+        out,
+        "<p style=\"font-size:1.15em;font-weight:bold;border-left:6px solid {border};background:{background};padding:8px 10px\">{}</p>",
+        esc(&v.verdict)
+    );
+    for notice in &v.notices {
+        let _ = writeln!(
+            out,
+            "<p style=\"font-weight:bold;border:2px solid #c90;background:#fff8e1;padding:8px 10px\">Notice: {}</p>",
+            esc(notice)
+        );
+    }
     let _ = writeln!(out, "<h1 style=\"font-size:1.3em\">{}</h1>", esc(&v.title));
     let _ = writeln!(out, "<table style=\"border-collapse:collapse\">");
     write_html_rows(&mut out, &v.overview);
@@ -486,6 +921,24 @@ pub fn render_html(cfg: &ReportConfig, summary: &RunSummary) -> String {
             );
         }
     }
+    if !v.history.is_empty() {
+        write_html_history(&mut out, &v.history, chart);
+    }
+    let _ = writeln!(
+        out,
+        "<h2 style=\"font-size:1.1em;margin-top:1.5em\">{AUDIT_HEADING}</h2>"
+    );
+    let _ = writeln!(
+        out,
+        "<table style=\"border-collapse:collapse;font-family:monospace;font-size:small\">"
+    );
+    write_html_rows(&mut out, &v.audit);
+    let _ = writeln!(out, "</table>");
+    let _ = writeln!(
+        out,
+        "<p style=\"font-size:small;color:#555\">{}</p>",
+        esc(AUDIT_NOTE)
+    );
     let _ = writeln!(
         out,
         "<p style=\"font-size:small;color:#555;margin-top:2em\">{}</p>",
@@ -493,6 +946,143 @@ pub fn render_html(cfg: &ReportConfig, summary: &RunSummary) -> String {
     );
     let _ = writeln!(out, "</body></html>");
     out
+}
+
+fn write_html_history(out: &mut String, history: &[HistoryRow], chart: Option<&str>) {
+    let n = history.len();
+    let width = SLOT_PX as usize * n;
+    let _ = writeln!(
+        out,
+        "<h2 style=\"font-size:1.1em;margin-top:1.5em\">{HISTORY_HEADING}, last {n} {} (oldest first)</h2>",
+        if n == 1 { "run" } else { "runs" }
+    );
+    if let Some(cid) = chart {
+        let _ = writeln!(
+            out,
+            "<img src=\"cid:{}\" width=\"{width}\" height=\"{CHART_PX}\" alt=\"Bar chart of the records changed per run; the numbers are in the table below.\" style=\"display:block;border:0\">",
+            esc(cid)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<table style=\"border-collapse:collapse;table-layout:fixed;width:{width}px;font-size:11px\"><tr>"
+    );
+    for row in history {
+        let weight = if row.current { "bold" } else { "normal" };
+        let status = if row.status == "ok" {
+            String::new()
+        } else {
+            format!("<br><span style=\"color:#a00\">{}</span>", esc(&row.status))
+        };
+        let _ = writeln!(
+            out,
+            "<td style=\"width:{SLOT_PX}px;text-align:center;vertical-align:top;padding:2px 0;font-weight:{weight}\" title=\"{}\">run {}<br>{}<br>{}{status}</td>",
+            esc(&row.started),
+            row.run_id,
+            esc(&row.day),
+            grouped(row.affected),
+        );
+    }
+    let _ = writeln!(out, "</tr></table>");
+    if chart.is_some() {
+        let _ = writeln!(
+            out,
+            "<p style=\"font-size:small;color:#555\">{}</p>",
+            esc(CHART_LEGEND)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Chart
+// ---------------------------------------------------------------------------------
+
+type Rgb = [u8; 3];
+
+const WHITE: Rgb = [255, 255, 255];
+const AXIS: Rgb = [153, 153, 153];
+const MARK: Rgb = [34, 34, 34];
+
+fn status_colour(status: &str) -> Rgb {
+    match status {
+        "ok" => [52, 101, 164],
+        "failed" => [204, 0, 0],
+        "tripped" => [245, 121, 0],
+        _ => [136, 138, 133],
+    }
+}
+
+/// An RGB image, 8 bits per channel, rows top to bottom.
+struct Canvas {
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+}
+
+impl Canvas {
+    fn new(width: u32, height: u32) -> Canvas {
+        let len = width as usize * height as usize;
+        Canvas {
+            width,
+            height,
+            pixels: WHITE.repeat(len),
+        }
+    }
+
+    /// Fills `x0..x1` × `y0..y1`, clipped to the canvas.
+    fn fill(&mut self, (x0, x1): (u32, u32), (y0, y1): (u32, u32), colour: Rgb) {
+        let (x1, y1) = (x1.min(self.width), y1.min(self.height));
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let i = (y as usize * self.width as usize + x as usize) * 3;
+                if let Some(px) = self.pixels.get_mut(i..i + 3) {
+                    px.copy_from_slice(&colour);
+                }
+            }
+        }
+    }
+}
+
+/// The history chart as a PNG (RGB, 8 bits): one bar per run, oldest on the left,
+/// [`SLOT_PX`] pixels per run, [`CHART_PX`] high; heights to scale (the largest count
+/// reaches the top, a run that changed nothing shows a 2-pixel stub), coloured by
+/// status, the current run marked under the baseline.
+fn chart_png(history: &[HistoryRow]) -> Result<Vec<u8>, png::EncodingError> {
+    let slots = u32::try_from(history.len().max(1)).unwrap_or(1);
+    let mut canvas = Canvas::new(SLOT_PX * slots, CHART_PX);
+    let max = history.iter().map(|r| r.affected).max().unwrap_or(0);
+    let room = u128::from(BASELINE - PLOT_TOP);
+    let mut x = 0;
+    for row in history {
+        let left = x + (SLOT_PX - BAR_PX) / 2;
+        let bar = (left, left + BAR_PX);
+        let height = if row.affected == 0 || max == 0 {
+            2
+        } else {
+            // Rounded up, so a small non-zero count is never drawn as nothing.
+            let h = (u128::from(row.affected) * room).div_ceil(u128::from(max));
+            u32::try_from(h).unwrap_or(BASELINE - PLOT_TOP).max(3)
+        };
+        canvas.fill(
+            bar,
+            (BASELINE - height, BASELINE),
+            status_colour(&row.status),
+        );
+        if row.current {
+            canvas.fill(bar, (BASELINE + 4, BASELINE + 9), MARK);
+        }
+        x += SLOT_PX;
+    }
+    canvas.fill((0, canvas.width), (BASELINE, BASELINE + 1), AXIS);
+
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, canvas.width, canvas.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&canvas.pixels)?;
+    writer.finish()?;
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------
@@ -543,16 +1133,25 @@ fn random_hex() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Builds the report email: `multipart/alternative` with the text part first and the
-/// HTML part second, `From` and `To` from `cfg`, a subject such as
+/// Builds the report email, `From` and `To` from `cfg`, a subject such as
 /// `[Lethe] Example Library: run 12 ok — 1,234 rows changed` (a failed or tripped run
 /// says `FAILED:`/`TRIPPED:` first), a `Date` header (now), a unique `Message-ID` in the
 /// sender's domain, and `Auto-Submitted: auto-generated` (RFC 3834) so that
 /// out-of-office robots do not answer it.
 ///
+/// The body is `multipart/alternative`: first the text part ([`render_text`]), then,
+/// when `ctx.history` is not empty, a `multipart/related` part holding the HTML
+/// ([`render_html`]) and the history chart as an inline `image/png` whose `Content-ID`
+/// the HTML's `<img src="cid:…">` names; without history the HTML part stands alone.
+/// Should the chart fail to encode (logged), the report goes without it.
+///
 /// # Errors
 /// [`ReportError::Build`] when lettre refuses the message, e.g. when `cfg.to` is empty.
-pub fn build_message(cfg: &ReportConfig, summary: &RunSummary) -> Result<Message, ReportError> {
+pub fn build_message(
+    cfg: &ReportConfig,
+    summary: &RunSummary,
+    ctx: &ReportContext,
+) -> Result<Message, ReportError> {
     let message_id = format!(
         "<lethe.{}.{}.{}@{}>",
         summary
@@ -574,12 +1173,40 @@ pub fn build_message(cfg: &ReportConfig, summary: &RunSummary) -> Result<Message
     for to in &cfg.to {
         builder = builder.to(to.clone());
     }
-    builder
-        .multipart(MultiPart::alternative_plain_html(
-            render_text(cfg, summary),
-            render_html(cfg, summary),
-        ))
-        .map_err(ReportError::Build)
+
+    let v = view(cfg, summary, ctx);
+    let chart = if v.history.is_empty() {
+        None
+    } else {
+        let png_type = ContentType::parse("image/png");
+        match (chart_png(&v.history), png_type) {
+            (Ok(png), Ok(png_type)) => Some((png, png_type)),
+            (Err(e), _) => {
+                tracing::warn!(error = %e, "could not draw the history chart; the report goes without it");
+                None
+            }
+            (_, Err(e)) => {
+                tracing::warn!(error = %e, "could not type the history chart; the report goes without it");
+                None
+            }
+        }
+    };
+    let text = text_of(&v);
+    let body = match chart {
+        None => MultiPart::alternative_plain_html(text, html_of(&v, None)),
+        Some((png, png_type)) => {
+            let cid = chart_cid(cfg, summary);
+            let html = html_of(&v, Some(&cid));
+            MultiPart::alternative()
+                .singlepart(SinglePart::plain(text))
+                .multipart(
+                    MultiPart::related()
+                        .singlepart(SinglePart::html(html))
+                        .singlepart(Attachment::new_inline(cid).body(png, png_type)),
+                )
+        }
+    };
+    builder.multipart(body).map_err(ReportError::Build)
 }
 
 /// Whether this run's report is to be sent, per `cfg.send`:
@@ -849,17 +1476,24 @@ pub async fn flush_outbox(cfg: &ReportConfig) -> Result<FlushOutcome, ReportErro
 ///    lettre rejects, or an outbox error while flushing, is logged and the report is
 ///    still sent or kept.
 ///
+/// The message is [`build_message`]'s, with `ctx` (history chart, ledger and policy
+/// hashes); [`ReportContext::default`] gives a report without history.
+///
 /// Failure reasons are logged with `tracing` (warn/error) without any message content.
 ///
 /// # Errors
 /// - [`ReportError::Build`] when the message cannot be built (e.g. no recipient).
 /// - [`ReportError::Io`] when the report had to go to the outbox and could not be
 ///   written there: the report is lost, the caller should say so.
-pub async fn deliver(cfg: &ReportConfig, summary: &RunSummary) -> Result<Delivery, ReportError> {
+pub async fn deliver(
+    cfg: &ReportConfig,
+    summary: &RunSummary,
+    ctx: &ReportContext,
+) -> Result<Delivery, ReportError> {
     if !should_send(cfg, summary) {
         return Ok(Delivery::NotNeeded);
     }
-    let message = build_message(cfg, summary)?;
+    let message = build_message(cfg, summary, ctx)?;
     let raw = message.formatted();
     let raw_ref: &[u8] = &raw;
     let outbox = |why: &'static str| async move {
@@ -948,6 +1582,41 @@ mod tests {
             build_transport(&smtp("not a url")),
             Err(ReportError::SmtpUrl { .. })
         ));
+    }
+
+    fn row(run_id: i64, affected: u64, status: &str) -> HistoryRow {
+        HistoryRow {
+            run_id,
+            started: String::new(),
+            day: String::new(),
+            affected,
+            status: status.to_owned(),
+            current: false,
+        }
+    }
+
+    #[test]
+    fn chart_handles_extreme_counts() {
+        let rows = [row(1, u64::MAX, "ok"), row(2, 1, "ok"), row(3, 0, "failed")];
+        let png = chart_png(&rows).expect("png");
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(&png[16..24], [0, 0, 0, 150, 0, 0, 0, 120]);
+        // No history at all still encodes (one empty slot).
+        assert!(chart_png(&[]).is_ok());
+        assert!(chart_png(&[row(1, 0, "ok")]).is_ok());
+    }
+
+    #[test]
+    fn records_are_named_by_table_and_action() {
+        assert!(is_patron_table("borrowers") && is_patron_table("actor.usr"));
+        assert!(!is_patron_table("old_issues") && !is_patron_table("usr_notes"));
+        assert_eq!(records(1, true), "1 patron record");
+        assert_eq!(records(2_113, false), "2,113 records");
+        assert_eq!(
+            and_list(&["a".into(), "b".into(), "c".into()]),
+            "a, b and c"
+        );
+        assert_eq!(short_error("  two\n lines.  "), "two lines");
     }
 
     #[test]
