@@ -664,6 +664,12 @@ impl Validator<'_> {
             .library
             .clone()
             .unwrap_or_else(|| "the library".to_string());
+        if library.trim().is_empty() {
+            self.err(
+                "library",
+                "must not be empty: it names the library in reports and the public schedule",
+            );
+        }
         let database = self.database(raw.database.as_ref());
         let schedule = self.schedule(raw.schedule.as_ref());
         let mut safety = self.safety(raw.safety.as_ref());
