@@ -292,7 +292,7 @@ pub enum Condition {
         table: TableName,
         /// Its linking column.
         column: Ident,
-        /// The row's column it equals.
+        /// The row's column it equals (the class's key when the YAML leaves it out).
         matches: Ident,
         /// Tests on the other table's columns.
         filter: Vec<ColumnTest>,
@@ -1470,19 +1470,30 @@ impl Validator<'_> {
         if self.errors.len() > before {
             return None;
         }
+        let key = key?;
+        // `exists` without `matches` links to the class's key: resolve it here, so that
+        // nothing downstream sees an unresolved link.
+        let resolve = |mut c: Condition| {
+            if let Condition::Exists { matches, .. } = &mut c {
+                if matches.as_str().is_empty() {
+                    *matches = key.clone();
+                }
+            }
+            c
+        };
         Some(ClassDef {
             name: name.to_string(),
             description: c.description.clone().unwrap_or_default(),
             table: table?,
-            key: key?,
             age: age?,
             retain: retain?,
             action: action?,
             anonymize,
-            scope: scope?,
-            immediate: immediate?,
-            exempt,
+            scope: scope?.into_iter().map(resolve).collect(),
+            immediate: immediate?.into_iter().map(resolve).collect(),
+            exempt: exempt.into_iter().map(|(r, c)| (r, resolve(c))).collect(),
             delete_with,
+            key,
         })
     }
 
@@ -1539,7 +1550,7 @@ impl Validator<'_> {
         let column = self.ident(&format!("{ep}.column"), e.column.as_deref());
         let matches = match e.matches.as_deref() {
             Some(m) => self.ident(&format!("{ep}.matches"), Some(m)),
-            None => Some(Ident(String::new())), // the class key, filled in by the engine
+            None => Some(Ident(String::new())), // the class key, resolved in `class`
         };
         let mut filter = Vec::new();
         let mut ok = true;

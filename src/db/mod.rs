@@ -615,9 +615,7 @@ fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>
                 ..
             } => {
                 out.push((ctx.clone(), table.clone(), column.clone()));
-                if !matches.as_str().is_empty() {
-                    out.push((ctx.clone(), c.table.clone(), matches.clone()));
-                }
+                out.push((ctx.clone(), c.table.clone(), matches.clone()));
                 for f in filter {
                     let col = match f {
                         ColumnTest::Compare(col, ..)

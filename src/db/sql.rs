@@ -107,11 +107,6 @@ pub fn condition(class: &ClassDef, c: &Condition, b: &Bindings) -> SqCond {
             matches,
             filter,
         } => {
-            let matches = if matches.as_str().is_empty() {
-                &class.key
-            } else {
-                matches
-            };
             let mut sub = Query::select();
             sub.expr(Expr::val(1))
                 .from_as(table_ref(table), Alias::new(OTHER))

@@ -391,7 +391,7 @@ fn test_json(t: &ColumnTest) -> serde_json::Value {
 
 /// A condition in the same shape as `retention.yaml` writes it, for the canonical
 /// policy an auditor reads.
-fn condition_json(class: &ClassDef, c: &Condition) -> serde_json::Value {
+fn condition_json(c: &Condition) -> serde_json::Value {
     match c {
         Condition::Column(t) => test_json(t),
         Condition::AnonymousPatron(col) => serde_json::json!({ "anonymous_patron": col.as_str() }),
@@ -402,11 +402,6 @@ fn condition_json(class: &ClassDef, c: &Condition) -> serde_json::Value {
             matches,
             filter,
         } => {
-            let matches = if matches.as_str().is_empty() {
-                &class.key
-            } else {
-                matches
-            };
             let body = serde_json::json!({
                 "table": table.to_string(),
                 "column": column.as_str(),
@@ -449,10 +444,10 @@ pub fn policy_json(cfg: &Config) -> String {
                     };
                     serde_json::json!({ "column": col.as_str(), "strategy": strategy })
                 }).collect::<Vec<_>>(),
-                "scope": c.scope.iter().map(|x| condition_json(c, x)).collect::<Vec<_>>(),
-                "immediate": c.immediate.iter().map(|x| condition_json(c, x)).collect::<Vec<_>>(),
+                "scope": c.scope.iter().map(condition_json).collect::<Vec<_>>(),
+                "immediate": c.immediate.iter().map(condition_json).collect::<Vec<_>>(),
                 "exempt": c.exempt.iter().map(|(r, x)| {
-                    serde_json::json!({ "reason": r.as_str(), "when": condition_json(c, x) })
+                    serde_json::json!({ "reason": r.as_str(), "when": condition_json(x) })
                 }).collect::<Vec<_>>(),
                 "delete_with": c.delete_with.iter().map(|d| format!("{}.{}", d.table, d.column)).collect::<Vec<_>>(),
             })
