@@ -5,6 +5,7 @@
 mod common;
 mod cli;
 mod config;
+mod crash;
 mod daemon;
 #[macro_use]
 mod engine;
