@@ -15,7 +15,10 @@ const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 
 /// Kills per backend per test run; `LETHE_CRASH_KILLS` raises it for a longer run.
 fn kills() -> usize {
-    std::env::var("LETHE_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(6)
+    std::env::var("LETHE_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6)
 }
 
 fn config_file(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
@@ -35,12 +38,16 @@ fn config_file(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
 /// Rows anonymized so far: old_issues and old_reserves rows that point to the
 /// anonymous patron.
 async fn anonymized(db: &TestDb, anon: i64) -> i64 {
-    db.count(&format!("old_issues WHERE borrowernumber = {anon}")).await
-        + db.count(&format!("old_reserves WHERE borrowernumber = {anon}")).await
+    db.count(&format!("old_issues WHERE borrowernumber = {anon}"))
+        .await
+        + db.count(&format!("old_reserves WHERE borrowernumber = {anon}"))
+            .await
 }
 
 async fn ledger_total(db: &TestDb) -> i64 {
-    db.int("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes").await.unwrap_or(0)
+    db.int("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes")
+        .await
+        .unwrap_or(0)
 }
 
 both_backends!(sigkill_at_random_moments_leaves_the_ledger_equal_to_what_was_done);
@@ -49,8 +56,12 @@ async fn sigkill_at_random_moments_leaves_the_ledger_equal_to_what_was_done(db: 
     opts.patrons = 300;
     opts.returned_checkouts = 6000;
     let stats = match &db.raw {
-        Raw::Sqlite(p) => lethe::demo::populate(lethe::demo::DemoTarget::Sqlite(p), &opts).await.unwrap(),
-        Raw::MySql(p) => lethe::demo::populate(lethe::demo::DemoTarget::MySql(p), &opts).await.unwrap(),
+        Raw::Sqlite(p) => lethe::demo::populate(lethe::demo::DemoTarget::Sqlite(p), &opts)
+            .await
+            .unwrap(),
+        Raw::MySql(p) => lethe::demo::populate(lethe::demo::DemoTarget::MySql(p), &opts)
+            .await
+            .unwrap(),
     };
     let anon = stats.anonymous_patron;
     let before = anonymized(&db, anon).await;
@@ -86,16 +97,28 @@ async fn sigkill_at_random_moments_leaves_the_ledger_equal_to_what_was_done(db: 
         killed += usize::from(last_killed);
         // Every committed batch is counted in the ledger, and nothing else changed.
         let done = anonymized(&db, anon).await - before;
-        assert_eq!(ledger_total(&db).await, done, "seed {seed}, round {round}: ledger and data disagree");
+        assert_eq!(
+            ledger_total(&db).await,
+            done,
+            "seed {seed}, round {round}: ledger and data disagree"
+        );
     }
     assert!(killed >= 1, "seed {seed}: no run was killed mid-run");
-    eprintln!("crash test ({:?}): seed {seed}, {killed} of {} runs killed mid-run", db.backend, kills());
+    eprintln!(
+        "crash test ({:?}): seed {seed}, {killed} of {} runs killed mid-run",
+        db.backend,
+        kills()
+    );
     // The next run records the killed runs as interrupted and finishes the work.
     let out = Command::new(LETHE)
         .args(["--config", cfg.to_str().unwrap(), "run", "--once", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["status"], "ok");
     assert_eq!(db.count("lethe_runs WHERE status = 'running'").await, 0);
@@ -104,13 +127,22 @@ async fn sigkill_at_random_moments_leaves_the_ledger_equal_to_what_was_done(db: 
         let notices = j["notices"].as_array().map_or(0, Vec::len);
         assert!(notices >= 1, "the report tells of the interrupted run: {j}");
     }
-    assert_eq!(ledger_total(&db).await, anonymized(&db, anon).await - before);
-    let plan = Command::new(LETHE).args(["--config", cfg.to_str().unwrap(), "plan", "--json"]).output().unwrap();
+    assert_eq!(
+        ledger_total(&db).await,
+        anonymized(&db, anon).await - before
+    );
+    let plan = Command::new(LETHE)
+        .args(["--config", cfg.to_str().unwrap(), "plan", "--json"])
+        .output()
+        .unwrap();
     let p: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     for c in p["classes"].as_array().unwrap() {
         assert_eq!(c["eligible"], 0, "{c}");
     }
     // The chain still verifies, interrupted runs included.
-    let v = Command::new(LETHE).args(["--config", cfg.to_str().unwrap(), "ledger", "verify"]).output().unwrap();
+    let v = Command::new(LETHE)
+        .args(["--config", cfg.to_str().unwrap(), "ledger", "verify"])
+        .output()
+        .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }

@@ -641,3 +641,23 @@ async fn a_local_exemption_keeps_the_profiles_protections(db: TestDb) {
     }
     assert!(!exists(&db, 41).await);
 }
+
+/// A host clock an hour ahead of the database's: enforcing is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skewed_host_clock_refuses_to_enforce() {
+    let Some(db) = TestDb::mysql().await else {
+        return;
+    };
+    let cfg = db.config("");
+    let ldb = Db::connect(&cfg).await.unwrap();
+    assert!(
+        engine::check_clock(&cfg, &ldb, chrono::Utc::now())
+            .await
+            .is_ok()
+    );
+    let skewed = chrono::Utc::now() + chrono::Duration::hours(1);
+    let err = engine::check_clock(&cfg, &ldb, skewed).await.unwrap_err();
+    assert!(matches!(err, EngineError::Clock(_)), "{err}");
+    assert!(err.to_string().contains("max_clock_skew"), "{err}");
+    ldb.close().await;
+}
