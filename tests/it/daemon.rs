@@ -22,8 +22,31 @@ fn write_config(dir: &Path, cron: &str) -> std::path::PathBuf {
     path
 }
 
+/// A daemon process that is killed if the test ends (or fails) while it still runs.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// The daemon with its stderr lines forwarded to a channel.
-fn start(dir: &Path, cfg: &Path) -> (Child, mpsc::Receiver<String>) {
+fn start(dir: &Path, cfg: &Path) -> (Daemon, mpsc::Receiver<String>) {
     let mut child = Command::new(LETHE)
         .current_dir(dir)
         .args(["--config", cfg.to_str().unwrap(), "run"])
@@ -41,7 +64,7 @@ fn start(dir: &Path, cfg: &Path) -> (Child, mpsc::Receiver<String>) {
             }
         }
     });
-    (child, rx)
+    (Daemon(child), rx)
 }
 
 fn wait_for(rx: &mpsc::Receiver<String>, what: &str, within: Duration) -> String {
