@@ -140,7 +140,7 @@ async fn read_report_context(
     let entries = crate::ledger::entries(&db, None).await;
     db.close().await;
     let mut entries = entries?;
-    entries.retain(|e| e.id <= run_id);
+    entries.retain(|e| e.id <= run_id && e.kind == "run");
     let mut ctx = report::ReportContext::default();
     if let Some(current) = entries.iter().find(|e| e.id == run_id) {
         ctx.ledger_hash = current.hash.clone();

@@ -633,8 +633,8 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
     match command {
         LedgerCommand::List => {
             out!(
-                "{:>6}  {:<27}  {:<8}  {:<11}  {:>9}  hash",
-                "run",
+                "{:>6}  {:<27}  {:<13}  {:<11}  {:>9}  hash",
+                "entry",
                 "started (UTC)",
                 "mode",
                 "status",
@@ -642,10 +642,14 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
             );
             for e in ledger::entries(db, None).await? {
                 out!(
-                    "{:>6}  {:<27}  {:<8}  {:<11}  {:>9}  {}",
+                    "{:>6}  {:<27}  {:<13}  {:<11}  {:>9}  {}",
                     e.id,
                     e.started_at,
-                    e.mode,
+                    if e.kind == "run" {
+                        e.mode.as_str()
+                    } else {
+                        e.kind.as_str()
+                    },
                     e.status,
                     e.total_affected(),
                     e.hash

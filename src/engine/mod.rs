@@ -492,7 +492,14 @@ pub async fn enforce_once(
     for n in &notices {
         tracing::warn!("{n}");
     }
-    let run_id = ledger::open_run(db, mode, started_at, &policy_json(cfg)).await?;
+    let policy = policy_json(cfg);
+    if let Some((id, previous)) = ledger::record_policy_change(db, &policy).await? {
+        notices.push(format!(
+            "The retention policy changed since the last run (ledger entry {id}; previous policy {}…).",
+            &previous[..previous.len().min(12)]
+        ));
+    }
+    let run_id = ledger::open_run(db, mode, started_at, &policy).await?;
     tracing::info!(run_id, mode = mode.as_str(), "run started");
     let mut classes = Vec::new();
     let mut interrupted = false;

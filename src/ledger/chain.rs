@@ -43,11 +43,13 @@ pub struct LedgerClass {
     pub error: Option<String>,
 }
 
-/// One run in the ledger.
+/// One entry in the ledger: a run, or a change of the effective policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerEntry {
-    /// Run id (increasing).
+    /// Entry id (increasing).
     pub id: i64,
+    /// `run`, or `config-change`: the effective policy changed since the previous entry.
+    pub kind: String,
     /// Host that ran it.
     pub host: String,
     /// Lethe version.

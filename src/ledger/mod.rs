@@ -63,6 +63,64 @@ pub async fn open_run(
     Ok(id)
 }
 
+/// Records a change of the effective policy as a ledger entry of its own, sealed into
+/// the chain, when `policy_json` differs from the policy of the latest entry. Returns
+/// the new entry's id and the previous policy's SHA-256, or `None` when nothing changed
+/// (or the ledger is empty: the first run records the first policy).
+///
+/// # Errors
+/// [`DbError`].
+pub async fn record_policy_change(
+    db: &Db,
+    policy_json: &str,
+) -> Result<Option<(i64, String)>, DbError> {
+    let policy_sha = hex::encode(Sha256::digest(policy_json.as_bytes()));
+    let mut last = Query::select();
+    last.column(t("policy_sha256"))
+        .from(t("lethe_runs"))
+        .order_by(t("id"), Order::Desc)
+        .limit(1);
+    let mut tx = db.begin().await?;
+    let previous = tx
+        .fetch_opt_strings(&last)
+        .await?
+        .and_then(|mut r| r.pop().flatten());
+    let Some(previous) = previous.filter(|p| *p != policy_sha) else {
+        tx.commit().await?;
+        return Ok(None);
+    };
+    let now = rfc3339(Utc::now());
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let mut ins = Query::insert();
+    ins.into_table(t("lethe_runs"))
+        .columns([
+            t("kind"),
+            t("host"),
+            t("version"),
+            t("mode"),
+            t("started_at"),
+            t("finished_at"),
+            t("status"),
+            t("policy_sha256"),
+            t("policy"),
+        ])
+        .values_panic([
+            "config-change".into(),
+            host.into(),
+            env!("CARGO_PKG_VERSION").into(),
+            "-".into(),
+            now.clone().into(),
+            now.into(),
+            "ok".into(),
+            policy_sha.into(),
+            policy_json.to_string().into(),
+        ]);
+    let id = tx.insert_returning_id(&mut ins).await?;
+    seal(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Some((id, previous)))
+}
+
 /// Marks runs left `running` (their worker died: power loss, SIGKILL) as `interrupted`
 /// and hashes them into the chain. Returns each such run's id and the rows its
 /// committed batches changed, so the next report can tell the director.
@@ -266,8 +324,9 @@ async fn seal(tx: &mut Tx, run_id: i64) -> Result<(), DbError> {
     Ok(())
 }
 
-const RUN_COLUMNS: [&str; 12] = [
+const RUN_COLUMNS: [&str; 13] = [
     "id",
+    "kind",
     "host",
     "version",
     "mode",
@@ -352,18 +411,19 @@ async fn load_entries(
             let id = r[0].int();
             LedgerEntry {
                 id,
-                host: r[1].text().unwrap_or_default(),
-                version: r[2].text().unwrap_or_default(),
-                mode: r[3].text().unwrap_or_default(),
-                started_at: r[4].text().unwrap_or_default(),
-                finished_at: r[5].text(),
-                status: r[6].text().unwrap_or_default(),
-                policy_sha256: r[7].text().unwrap_or_default(),
-                policy: r[8].text().unwrap_or_default(),
-                error: r[9].text(),
+                kind: r[1].text().unwrap_or_default(),
+                host: r[2].text().unwrap_or_default(),
+                version: r[3].text().unwrap_or_default(),
+                mode: r[4].text().unwrap_or_default(),
+                started_at: r[5].text().unwrap_or_default(),
+                finished_at: r[6].text(),
+                status: r[7].text().unwrap_or_default(),
+                policy_sha256: r[8].text().unwrap_or_default(),
+                policy: r[9].text().unwrap_or_default(),
+                error: r[10].text(),
                 classes: classes.remove(&id).unwrap_or_default(),
-                prev_hash: r[10].text(),
-                hash: r[11].text(),
+                prev_hash: r[11].text(),
+                hash: r[12].text(),
             }
         })
         .collect())

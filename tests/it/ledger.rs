@@ -216,3 +216,34 @@ async fn an_export_verifies_offline_and_tampering_in_it_is_detected() {
         "a complete export must start at the first entry"
     );
 }
+
+both_backends!(a_policy_change_between_runs_is_an_entry_of_the_chain);
+async fn a_policy_change_between_runs_is_an_entry_of_the_chain(db: TestDb) {
+    let cfg = three_runs(&db).await;
+    // Three runs with one policy: no change entries.
+    assert_eq!(db.count("lethe_runs WHERE kind = 'config-change'").await, 0);
+    let changed = db.config("classes:\n  circulation_history:\n    retain: 60 days\n");
+    let r = run_at(&changed, now(), true).await;
+    assert!(
+        r.notices.iter().any(|n| n.contains("policy changed")),
+        "{:?}",
+        r.notices
+    );
+    let ldb = Db::connect(&cfg).await.unwrap();
+    let entries = ledger::entries(&ldb, None).await.unwrap();
+    ldb.close().await;
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["run", "run", "run", "config-change", "run"]);
+    let change = &entries[3];
+    assert_eq!(change.policy_sha256, entries[4].policy_sha256);
+    assert_ne!(change.policy_sha256, entries[2].policy_sha256);
+    assert!(change.policy.contains("60 days"));
+    assert_eq!(chain::verify(&entries), Ok(5));
+    // The same policy again: no new change entry.
+    run_at(&changed, now(), true).await;
+    assert_eq!(db.count("lethe_runs WHERE kind = 'config-change'").await, 1);
+    // Hiding the change is detected.
+    db.exec("UPDATE lethe_runs SET kind = 'run' WHERE kind = 'config-change'")
+        .await;
+    assert_eq!(verify(&cfg).await.unwrap_err().id, change.id);
+}
