@@ -475,10 +475,7 @@ impl Db {
     ) -> Result<Option<i64>, DbError> {
         use sea_query::{Alias, Expr, ExprTrait, Query};
         let mut q = Query::select();
-        let tn: sea_query::TableName = match &src.table.schema {
-            Some(s) => (Alias::new(s.as_str()), Alias::new(src.table.name.as_str())).into(),
-            None => Alias::new(src.table.name.as_str()).into(),
-        };
+        let tn = sql::table_ref(&src.table);
         q.column(Alias::new(src.value_column.as_str()))
             .from(tn)
             .and_where(Expr::col(Alias::new(src.name_column.as_str())).eq(src.name.clone()));
@@ -515,14 +512,7 @@ impl Db {
             ))
         })?;
         let mut q = Query::select();
-        let pt: sea_query::TableName = match &src.patron_table.schema {
-            Some(s) => (
-                Alias::new(s.as_str()),
-                Alias::new(src.patron_table.name.as_str()),
-            )
-                .into(),
-            None => Alias::new(src.patron_table.name.as_str()).into(),
-        };
+        let pt = sql::table_ref(&src.patron_table);
         q.expr(Expr::val(1))
             .from(pt)
             .and_where(Expr::col(Alias::new(src.patron_key.as_str())).eq(id));

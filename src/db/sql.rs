@@ -36,7 +36,8 @@ pub struct Bindings {
     pub backend: Backend,
 }
 
-fn table_ref(t: &TableName) -> sea_query::TableName {
+/// A (schema-qualified) table name for sea-query.
+pub(crate) fn table_ref(t: &TableName) -> sea_query::TableName {
     match &t.schema {
         Some(s) => (Alias::new(s.as_str()), Alias::new(t.name.as_str())).into(),
         None => Alias::new(t.name.as_str()).into(),
@@ -143,14 +144,19 @@ pub fn fmt_datetime(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-/// The row's age is before the cutoff (strictly: a row at the cutoff is kept). A NULL
-/// age is never past its period.
-fn past_period(class: &ClassDef, b: &Bindings) -> SqCond {
-    let age = if class.age.columns.len() == 1 {
+/// The row's age: its age column, or the first non-NULL of several (`COALESCE`).
+fn age_expr(class: &ClassDef) -> Expr {
+    if class.age.columns.len() == 1 {
         tcol(&class.table, &class.age.columns[0])
     } else {
         Func::coalesce(class.age.columns.iter().map(|c| tcol(&class.table, c))).into()
-    };
+    }
+}
+
+/// The row's age is before the cutoff (strictly: a row at the cutoff is kept). A NULL
+/// age is never past its period.
+fn past_period(class: &ClassDef, b: &Bindings) -> SqCond {
+    let age = age_expr(class);
     Cond::all()
         .add(age.clone().is_not_null())
         .add(age.lt(cutoff_value(class.age.kind, b)))
@@ -271,42 +277,38 @@ pub fn count_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
     q
 }
 
-fn key_as_i64(class: &ClassDef, backend: Backend) -> Expr {
-    let k = tcol(&class.table, &class.key);
+/// `expr` as a 64-bit integer on every backend (MySQL's INT decodes as `i32`,
+/// PostgreSQL's `int4` will not decode as `i64`).
+fn as_i64(e: Expr, backend: Backend) -> Expr {
     match backend {
-        Backend::MySql => Func::cast_as(k, Alias::new("SIGNED")).into(),
-        Backend::Postgres => Func::cast_as(k, Alias::new("BIGINT")).into(),
-        Backend::Sqlite => k,
+        Backend::MySql => Func::cast_as(e, Alias::new("SIGNED")).into(),
+        Backend::Postgres => Func::cast_as(e, Alias::new("BIGINT")).into(),
+        Backend::Sqlite => e,
     }
+}
+
+fn key_as_i64(class: &ClassDef, backend: Backend) -> Expr {
+    as_i64(tcol(&class.table, &class.key), backend)
 }
 
 /// `SELECT MIN(key), MAX(key), COUNT(*) FROM table`, each as a 64-bit integer.
 pub fn range_query(class: &ClassDef, backend: Backend) -> SelectStatement {
     let k = tcol(&class.table, &class.key);
-    let wrap = |e: Expr| -> Expr {
-        match backend {
-            Backend::MySql => Func::cast_as(e, Alias::new("SIGNED")).into(),
-            Backend::Postgres => Func::cast_as(e, Alias::new("BIGINT")).into(),
-            Backend::Sqlite => e,
-        }
-    };
     let mut q = Query::select();
-    q.expr_as(wrap(Func::min(k.clone()).into()), Alias::new("lo"))
-        .expr_as(wrap(Func::max(k).into()), Alias::new("hi"))
-        .expr_as(Func::count(Expr::col(Asterisk)), Alias::new("n"))
-        .from(table_ref(&class.table));
+    q.expr_as(
+        as_i64(Func::min(k.clone()).into(), backend),
+        Alias::new("lo"),
+    )
+    .expr_as(as_i64(Func::max(k).into(), backend), Alias::new("hi"))
+    .expr_as(Func::count(Expr::col(Asterisk)), Alias::new("n"))
+    .from(table_ref(&class.table));
     q
 }
 
 /// `SELECT MIN(key) FROM table WHERE key >= from`: skips gaps in the key space.
 pub fn next_key_query(class: &ClassDef, from: i64, backend: Backend) -> SelectStatement {
     let mut q = Query::select();
-    let m: Expr = Func::min(tcol(&class.table, &class.key)).into();
-    let m = match backend {
-        Backend::MySql => Func::cast_as(m, Alias::new("SIGNED")).into(),
-        Backend::Postgres => Func::cast_as(m, Alias::new("BIGINT")).into(),
-        Backend::Sqlite => m,
-    };
+    let m = as_i64(Func::min(tcol(&class.table, &class.key)).into(), backend);
     q.expr_as(m, Alias::new("k"))
         .from(table_ref(&class.table))
         .and_where(tcol(&class.table, &class.key).gte(from));
@@ -383,11 +385,7 @@ pub fn existing_keys_query(class: &ClassDef, keys: &[i64], backend: Backend) -> 
 /// `SELECT MIN(<age>) FROM table WHERE <eligible>` as text: the oldest row past its
 /// period that no exemption keeps (for `lethe verify`).
 pub fn oldest_eligible_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
-    let age: Expr = if class.age.columns.len() == 1 {
-        tcol(&class.table, &class.age.columns[0])
-    } else {
-        Func::coalesce(class.age.columns.iter().map(|c| tcol(&class.table, c))).into()
-    };
+    let age = age_expr(class);
     let as_text = match b.backend {
         Backend::MySql => "CHAR",
         _ => "TEXT",
