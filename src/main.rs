@@ -222,6 +222,16 @@ fn load(path: &Path) -> Result<Config, u8> {
     })
 }
 
+/// Loads the config and connects; the exit code on failure (2 invalid config, 1
+/// unreachable database), its message already printed.
+async fn load_and_connect(path: &Path) -> Result<(Config, Db), u8> {
+    let cfg = load(path)?;
+    match Db::connect(&cfg).await {
+        Ok(db) => Ok((cfg, db)),
+        Err(e) => Err(engine_exit(&e.into())),
+    }
+}
+
 fn engine_exit(e: &EngineError) -> u8 {
     eprintln!("lethe: {e}");
     match e {
@@ -610,13 +620,9 @@ async fn ledger_cmd(path: &Path, command: &LedgerCommand) -> u8 {
             }
         };
     }
-    let cfg = match load(path) {
-        Ok(c) => c,
-        Err(c) => return c,
-    };
-    let db = match Db::connect(&cfg).await {
-        Ok(db) => db,
-        Err(e) => return engine_exit(&e.into()),
+    let (_cfg, db) = match load_and_connect(path).await {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let code = match ledger_on(&db, command).await {
         Ok(code) => code,
@@ -786,13 +792,9 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
 }
 
 async fn verify_cmd(path: &Path, json: bool) -> u8 {
-    let cfg = match load(path) {
-        Ok(c) => c,
-        Err(c) => return c,
-    };
-    let db = match Db::connect(&cfg).await {
-        Ok(db) => db,
-        Err(e) => return engine_exit(&e.into()),
+    let (cfg, db) = match load_and_connect(path).await {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let result = engine::compliance(&cfg, &db, Utc::now()).await;
     db.close().await;
