@@ -10,6 +10,8 @@ use lethe::config::{self, Backend, Config};
 use sqlx::{AssertSqlSafe, Row};
 
 pub const MYSQL_ROOT: &str = "mysql://root@127.0.0.1:3306";
+/// The PostgreSQL server on this machine (trust authentication on loopback).
+pub const PG_ROOT: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// The fixed "now" of engine tests: 2026-06-15 12:00:00 UTC = 08:00:00 in New York
 /// (EDT). 30 days before is local 2026-05-16 08:00:00; 2 years before is 2024-06-15.
@@ -26,12 +28,14 @@ pub struct TestDb {
     pub raw: Raw,
     _dir: Option<tempfile::TempDir>,
     mysql_name: Option<String>,
+    pg_name: Option<String>,
     columns: std::sync::Mutex<HashMap<String, Vec<String>>>,
 }
 
 pub enum Raw {
     Sqlite(sqlx::SqlitePool),
     MySql(sqlx::MySqlPool),
+    Postgres(sqlx::PgPool),
 }
 
 impl Drop for TestDb {
@@ -45,6 +49,19 @@ impl Drop for TestDb {
                     "-e",
                     &format!("DROP DATABASE IF EXISTS `{name}`"),
                 ])
+                .status();
+        }
+        if let Some(name) = &self.pg_name {
+            let _ = std::process::Command::new("psql")
+                .args([
+                    "-h127.0.0.1",
+                    "-Upostgres",
+                    "-dpostgres",
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .status();
         }
     }
@@ -77,6 +94,11 @@ pub fn mysql_ddl() -> String {
         .join("\n")
 }
 
+/// Whether the PostgreSQL server must be reachable (in CI, or when asked).
+pub fn pg_required() -> bool {
+    std::env::var("CI").is_ok() || std::env::var("LETHE_REQUIRE_PG").is_ok()
+}
+
 pub fn mysql_required() -> bool {
     std::env::var("CI").is_ok() || std::env::var("LETHE_REQUIRE_MYSQL").is_ok()
 }
@@ -103,8 +125,54 @@ impl TestDb {
             raw: Raw::Sqlite(pool),
             _dir: Some(dir),
             mysql_name: None,
+            pg_name: None,
             columns: Default::default(),
         }
+    }
+
+    /// A new PostgreSQL database loaded with `ddl`; `None` (with a visible message)
+    /// when the server is not reachable outside CI. The database is dropped with the
+    /// value.
+    pub async fn postgres(ddl: &str) -> Option<TestDb> {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("lethe_t{}_{}_{}", std::process::id(), n, rand_suffix());
+        let admin = match sqlx::PgPool::connect(&format!("{PG_ROOT}/postgres")).await {
+            Ok(p) => p,
+            Err(e) => {
+                if pg_required() {
+                    panic!("PostgreSQL at 127.0.0.1:5432 is required here and unreachable: {e}");
+                }
+                eprintln!("SKIPPED: PostgreSQL unreachable ({e})");
+                return None;
+            }
+        };
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let url = format!("{PG_ROOT}/{name}");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .unwrap();
+        {
+            let mut conn = pool.acquire().await.unwrap();
+            sqlx::raw_sql(AssertSqlSafe(ddl.to_string()))
+                .execute(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("loading the PostgreSQL fixture: {e}"));
+        }
+        Some(TestDb {
+            url,
+            backend: Backend::Postgres,
+            raw: Raw::Postgres(pool),
+            _dir: None,
+            mysql_name: None,
+            pg_name: Some(name),
+            columns: Default::default(),
+        })
     }
 
     /// A new MariaDB database loaded with the Koha DDL; `None` (with a visible message)
@@ -141,6 +209,7 @@ impl TestDb {
             raw: Raw::MySql(pool),
             _dir: None,
             mysql_name: Some(name),
+            pg_name: None,
             columns: Default::default(),
         };
         let ddl = mysql_ddl();
@@ -164,6 +233,10 @@ impl TestDb {
                 .execute(p)
                 .await
                 .map(|_| ()),
+            Raw::Postgres(p) => sqlx::raw_sql(AssertSqlSafe(sql.to_string()))
+                .execute(p)
+                .await
+                .map(|_| ()),
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
@@ -182,6 +255,11 @@ impl TestDb {
                 .await
                 .unwrap()
                 .get::<Option<i64>, _>(0),
+            Raw::Postgres(p) => sqlx::query(AssertSqlSafe(q))
+                .fetch_one(p)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get::<Option<i64>, _>(0),
         }
     }
 
@@ -194,6 +272,7 @@ impl TestDb {
     fn int_type(&self) -> &'static str {
         match self.backend {
             Backend::MySql => "SIGNED",
+            Backend::Postgres => "BIGINT",
             _ => "INTEGER",
         }
     }
@@ -215,6 +294,17 @@ impl TestDb {
             .fetch_all(p)
             .await
             .unwrap(),
+            Raw::Postgres(p) => {
+                let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+                sqlx::query_scalar(
+                    "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+                )
+                .bind(schema)
+                .bind(name)
+                .fetch_all(p)
+                .await
+                .unwrap()
+            }
         };
         self.columns
             .lock()
@@ -238,9 +328,11 @@ impl TestDb {
         };
         let names: Vec<String> = kept.iter().map(|(c, _)| q(c)).collect();
         let vals: Vec<String> = kept.iter().map(|(_, v)| v.sql()).collect();
+        // `schema.table` (PostgreSQL) is quoted part by part.
+        let table_sql = table.split('.').map(q).collect::<Vec<_>>().join(".");
         self.exec(&format!(
             "INSERT INTO {} ({}) VALUES ({})",
-            q(table),
+            table_sql,
             names.join(", "),
             vals.join(", ")
         ))

@@ -57,6 +57,7 @@ macro_rules! rows {
                 .into_iter()
                 .map(|r| RowVals::from_mysql(&r))
                 .collect::<Vec<_>>(),
+            Raw::Postgres(_) => unreachable!("Koha-shaped scenarios run on SQLite and MariaDB"),
         }
     }};
 }
@@ -308,6 +309,7 @@ async fn realistic_library_changes_exactly_what_the_rules_select(db: TestDb) {
     match &db.raw {
         Raw::Sqlite(p) => demo::populate(DemoTarget::Sqlite(p), &opts).await.unwrap(),
         Raw::MySql(p) => demo::populate(DemoTarget::MySql(p), &opts).await.unwrap(),
+        Raw::Postgres(_) => unreachable!("Koha-shaped scenarios run on SQLite and MariaDB"),
     };
     let before = snapshot(&db).await;
     // now() = 2026-06-15 08:00 in New York.
