@@ -828,11 +828,24 @@ async fn verify_cmd(path: &Path, json: bool) -> u8 {
                 k.kept.protected
             );
         }
+        for k in c.classes.iter().filter(|k| k.traces > 0) {
+            out!(
+                "{}: {} rows in {} still refer to records already purged",
+                k.name,
+                k.traces,
+                k.trace_tables.join(", ")
+            );
+        }
         if let Some(m) = &c.missed_run {
             out!("warning: {m}");
         }
-        if c.overdue == 0 {
+        if c.overdue == 0 && c.traces == 0 {
             out!("compliant: nothing past its retention period remains");
+        } else if c.overdue == 0 {
+            out!(
+                "NOT compliant: {} rows still hold personal data of purged records",
+                c.traces
+            );
         } else {
             out!(
                 "NOT compliant: {} rows are past their retention period and not exempt",
@@ -840,5 +853,9 @@ async fn verify_cmd(path: &Path, json: bool) -> u8 {
             );
         }
     }
-    if c.overdue == 0 { 0 } else { 1 }
+    if c.overdue == 0 && c.traces == 0 {
+        0
+    } else {
+        1
+    }
 }

@@ -220,9 +220,86 @@ pub fn cutoff(now: DateTime<Utc>, tz: Tz, period: Period) -> Option<Cutoff> {
     })
 }
 
+/// Reads a period a patron chose, as Evergreen stores it in `actor.usr_setting.value`:
+/// JSON text holding a PostgreSQL interval such as `"1 year"`, `"6 months"`, `"2 weeks"`,
+/// `"30 days"`, `"1 mon"` or `"1 year 6 mons"` (the OPAC offers such values for
+/// `history.circ.retention_age`). The value may also be unquoted. Returns the terms in
+/// order, or `None` for anything else (an empty, zero, negative, fractional or
+/// clock-time interval): the caller then keeps the rows (fail safe).
+pub fn parse_patron_interval(value: &str) -> Option<Vec<Period>> {
+    let text =
+        serde_json::from_str::<String>(value.trim()).unwrap_or_else(|_| value.trim().to_string());
+    let text = text.trim().trim_start_matches('@').trim();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    if words.is_empty() || words.len() % 2 != 0 || words.len() > 8 {
+        return None;
+    }
+    let mut out = Vec::new();
+    for pair in words.chunks(2) {
+        let unit = match pair[1].to_ascii_lowercase().as_str() {
+            "day" | "days" => "days",
+            "week" | "weeks" => "weeks",
+            "mon" | "mons" | "month" | "months" => "months",
+            "year" | "years" => "years",
+            _ => return None,
+        };
+        out.push(Period::parse(&format!("{} {unit}", pair[0])).ok()?);
+    }
+    Some(out)
+}
+
+/// [`cutoff`] for a sum of periods (a patron's interval such as "1 year 6 months"): the
+/// terms are subtracted one after the other on the local calendar.
+pub fn cutoff_of_terms(now: DateTime<Utc>, tz: Tz, terms: &[Period]) -> Option<Cutoff> {
+    let mut local = now.with_timezone(&tz).naive_local().with_nanosecond(0)?;
+    for t in terms {
+        local = t.before(local)?;
+    }
+    let instant = resolve_local(tz, local)?;
+    Some(Cutoff {
+        local,
+        date: local.date(),
+        instant,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_patron_intervals_as_evergreen_stores_them() {
+        let one = |s: &str| {
+            parse_patron_interval(s).map(|v| v.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(one("\"1 year\""), Some(vec!["1 year".to_string()]));
+        assert_eq!(one("\"6 months\""), Some(vec!["6 months".to_string()]));
+        assert_eq!(one("30 days"), Some(vec!["30 days".to_string()]));
+        assert_eq!(
+            one("\"1 year 6 mons\""),
+            Some(vec!["1 year".to_string(), "6 months".to_string()])
+        );
+        for bad in [
+            "",
+            "\"\"",
+            "\"0 days\"",
+            "\"-1 year\"",
+            "\"1.5 years\"",
+            "\"01:00:00\"",
+            "forever",
+            "\"2 fortnights\"",
+        ] {
+            assert_eq!(parse_patron_interval(bad), None, "{bad}");
+        }
+        let now = Utc.with_ymd_and_hms(2026, 6, 15, 12, 0, 0).unwrap();
+        let c = cutoff_of_terms(
+            now,
+            chrono_tz::America::New_York,
+            &parse_patron_interval("\"1 year 6 mons\"").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.local, dt("2024-12-15 08:00:00"));
+    }
 
     fn dt(s: &str) -> NaiveDateTime {
         NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap()

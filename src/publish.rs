@@ -61,6 +61,11 @@ pub fn entry(class: &ClassDef) -> Entry {
                 .to_string()
         }
         Action::Delete => "It is deleted.".to_string(),
+        Action::Purge => {
+            "It is purged by the library system's own procedure: your personal details are erased and what \
+             is linked to you is deleted or kept only as statistics that no longer point to you."
+                .to_string()
+        }
     };
     let mut exceptions = Vec::new();
     if !class.immediate.is_empty() {

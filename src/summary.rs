@@ -36,14 +36,19 @@ pub enum Action {
     /// The row stays (for statistics) but its patron link and other personal columns
     /// are rewritten by the class's column strategies.
     Anonymize,
+    /// The row is handed to the library system's own purge function, one row per
+    /// transaction (Evergreen `actor.usr_delete`: a patron row stays, scrubbed, and the
+    /// patron's dependent rows go).
+    Purge,
 }
 
 impl Action {
-    /// `delete` or `anonymize`.
+    /// `delete`, `anonymize` or `purge`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Delete => "delete",
             Action::Anonymize => "anonymize",
+            Action::Purge => "purge",
         }
     }
 }

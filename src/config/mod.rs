@@ -29,6 +29,8 @@ use raw::{RawClass, RawCondition, RawConfig, RawExists, RawProfile, RawScalar, R
 
 /// The embedded Koha profile (see `src/config/profiles/koha.yaml`).
 pub const KOHA_PROFILE: &str = include_str!("profiles/koha.yaml");
+/// The embedded Evergreen profile (see `src/config/profiles/evergreen.yaml`).
+pub const EVERGREEN_PROFILE: &str = include_str!("profiles/evergreen.yaml");
 
 /// The default config path, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "retention.yaml";
@@ -233,6 +235,8 @@ pub struct Age {
 /// A literal in a condition or strategy, bound as a parameter (never pasted into SQL).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scalar {
+    /// Boolean (PostgreSQL `boolean`; 1/0 on MySQL and SQLite).
+    Bool(bool),
     /// Integer.
     Int(i64),
     /// Float.
@@ -256,6 +260,8 @@ pub enum CmpOp {
     Lt,
     /// `<=`
     Le,
+    /// `LIKE` (the value is a pattern with `%` and `_`).
+    Like,
 }
 
 /// A test on one column. NULL never matches a comparison (the generated SQL is
@@ -299,6 +305,71 @@ pub enum Condition {
     },
     /// The row's column holds the anonymous patron (false when none is configured).
     AnonymousPatron(Ident),
+    /// All hold (an empty list always holds).
+    All(Vec<Condition>),
+    /// At least one holds (an empty list never holds).
+    Any(Vec<Condition>),
+    /// The condition does not hold.
+    Not(Box<Condition>),
+    /// The row, or any row before it in its chain (following `parent` in the same
+    /// table, as Evergreen's renewals follow `action.circulation.parent_circ`), meets
+    /// every test of `filter`. Computed with a recursive query (`WITH RECURSIVE … UNION`,
+    /// which also ends on a cycle).
+    Chain {
+        /// The column pointing to the previous row.
+        parent: Ident,
+        /// Tests one row of the chain must meet.
+        filter: Vec<ColumnTest>,
+    },
+    /// The row's age is older than the period its patron chose in a setting row (Evergreen
+    /// `actor.usr_setting` `history.circ.retention_age`). Settings whose value Lethe
+    /// cannot read as a period never match (the row is kept: fail safe).
+    PatronPeriod(PatronPeriod),
+}
+
+/// Where a patron's own retention period is stored: one row per patron and setting.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PatronPeriod {
+    /// The settings table (`actor.usr_setting`).
+    pub table: TableName,
+    /// Its patron column (`usr`).
+    pub column: Ident,
+    /// The class row's patron column.
+    pub matches: Ident,
+    /// The setting name column (`name`).
+    pub name_column: Ident,
+    /// The setting's name (bound).
+    pub name: String,
+    /// The value column (`value`: Evergreen stores JSON text such as `"1 year"`).
+    pub value_column: Ident,
+}
+
+impl PatronPeriod {
+    /// A stable key for this source, used to look up its resolved cutoffs.
+    pub fn key(&self) -> String {
+        format!(
+            "{}.{}={}:{}",
+            self.table, self.name_column, self.name, self.value_column
+        )
+    }
+}
+
+/// A purge function called once per row, in its own transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PurgeCall {
+    /// The function, optionally schema-qualified (Evergreen `actor.usr_delete`).
+    pub function: TableName,
+    /// The arguments in order.
+    pub args: Vec<PurgeArg>,
+}
+
+/// One argument of a [`PurgeCall`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PurgeArg {
+    /// The row's key.
+    Key,
+    /// A fixed value, bound.
+    Value(Scalar),
 }
 
 /// Why a row past its period is kept. The order is the order of counting: a row kept
@@ -382,8 +453,15 @@ pub struct ClassDef {
     pub immediate: Vec<Condition>,
     /// Exemptions, sorted by reason in counting order.
     pub exempt: Vec<(Reason, Condition)>,
-    /// For delete: dependents deleted first.
+    /// For delete: dependents deleted with each row. For purge: rows deleted after
+    /// the purge function, in the same transaction.
     pub delete_with: Vec<Dependent>,
+    /// For purge: the function.
+    pub purge: Option<PurgeCall>,
+    /// Functions that enabled triggers on the table must call (PostgreSQL).
+    pub triggers: Vec<TableName>,
+    /// Conditions marking a row the action has already handled (purge leaves the row).
+    pub purged: Vec<Condition>,
 }
 
 /// Where the anonymous patron's id is read from.
@@ -489,6 +567,7 @@ pub fn parse_str(
         file: file.to_string(),
         index: LocationIndex::build(text),
         errors: Vec::new(),
+        depth: 0,
         profile_name: None,
         base: base.to_path_buf(),
         lookup,
@@ -582,6 +661,8 @@ struct Validator<'a> {
     file: String,
     index: LocationIndex,
     errors: Vec<ConfigError>,
+    /// How deep `all`/`any`/`not` nest at the condition being read.
+    depth: usize,
     profile_name: Option<String>,
     base: PathBuf,
     lookup: &'a dyn Fn(&str) -> Option<String>,
@@ -689,20 +770,29 @@ impl Validator<'_> {
         let mut anon_raw = None;
         match raw.profile.as_deref() {
             None | Some("none") => {}
-            Some("koha") => match serde_yaml::from_str::<RawProfile>(KOHA_PROFILE) {
-                Ok(p) => {
-                    profile_classes = p.classes;
-                    anon_raw = p.anonymous_patron;
-                    self.profile_name = Some("koha".into());
+            Some(name @ ("koha" | "evergreen")) => {
+                let text = if name == "koha" {
+                    KOHA_PROFILE
+                } else {
+                    EVERGREEN_PROFILE
+                };
+                match serde_yaml::from_str::<RawProfile>(text) {
+                    Ok(p) => {
+                        profile_classes = p.classes;
+                        anon_raw = p.anonymous_patron;
+                        self.profile_name = Some(name.into());
+                    }
+                    Err(e) => self.err(
+                        "profile",
+                        format!("embedded profile {name} is invalid: {e}"),
+                    ),
                 }
-                Err(e) => self.err("profile", format!("embedded profile koha is invalid: {e}")),
-            },
-            Some("evergreen") => self.err(
-                "profile",
-                "the evergreen profile is not available yet (use koha or none)",
-            ),
+            }
             Some(other) => {
-                let msg = format!("unknown profile {:?} (use koha or none)", truncate(other));
+                let msg = format!(
+                    "unknown profile {:?} (use koha, evergreen or none)",
+                    truncate(other)
+                );
                 self.err("profile", msg)
             }
         }
@@ -1351,19 +1441,46 @@ impl Validator<'_> {
         let action = match c.action.as_deref() {
             Some("delete") => Some(Action::Delete),
             Some("anonymize") => Some(Action::Anonymize),
+            Some("purge") => Some(Action::Purge),
             None => {
-                self.err(&p, "missing: action (delete or anonymize)");
+                self.err(&p, "missing: action (delete, anonymize or purge)");
                 None
             }
             Some(other) => {
                 let m = format!(
-                    "unknown action {:?} (use delete or anonymize)",
+                    "unknown action {:?} (use delete, anonymize or purge)",
                     truncate(other)
                 );
                 self.err(&format!("{p}.action"), m);
                 None
             }
         };
+        let purge = match (&c.purge, action) {
+            (Some(pc), Some(Action::Purge)) => self.purge_call(&format!("{p}.purge"), pc),
+            (Some(_), _) => {
+                self.err(&format!("{p}.purge"), "only for action purge");
+                None
+            }
+            (None, Some(Action::Purge)) => {
+                self.err(
+                    &p,
+                    "action purge needs purge: { function: schema.name, args: [key, ...] }",
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        let mut triggers = Vec::new();
+        for (i, t) in c.triggers.as_deref().unwrap_or(&[]).iter().enumerate() {
+            if let Some(f) = self.table(&format!("{p}.triggers[{i}]"), Some(t)) {
+                triggers.push(f);
+            }
+        }
+        let purged = self.conditions(
+            &format!("{p}.purged"),
+            c.purged.as_deref().unwrap_or(&[]),
+            false,
+        );
         let mut anonymize = Vec::new();
         if let Some(map) = &c.anonymize {
             for (col, strat) in map {
@@ -1399,7 +1516,7 @@ impl Validator<'_> {
                     "action anonymize needs anonymize: (a strategy per column)",
                 );
             }
-            Some(Action::Delete) if c.anonymize.is_some() => {
+            Some(Action::Delete | Action::Purge) if c.anonymize.is_some() => {
                 self.err(&format!("{p}.anonymize"), "only for action anonymize");
             }
             _ => {}
@@ -1474,11 +1591,7 @@ impl Validator<'_> {
         // `exists` without `matches` links to the class's key: resolve it here, so that
         // nothing downstream sees an unresolved link.
         let resolve = |mut c: Condition| {
-            if let Condition::Exists { matches, .. } = &mut c {
-                if matches.as_str().is_empty() {
-                    *matches = key.clone();
-                }
-            }
+            resolve_matches(&mut c, &key);
             c
         };
         Some(ClassDef {
@@ -1493,7 +1606,44 @@ impl Validator<'_> {
             immediate: immediate?.into_iter().map(resolve).collect(),
             exempt: exempt.into_iter().map(|(r, c)| (r, resolve(c))).collect(),
             delete_with,
+            purge,
+            triggers,
+            purged: purged?.into_iter().map(resolve).collect(),
             key,
+        })
+    }
+
+    fn purge_call(&mut self, path: &str, pc: &raw::RawPurge) -> Option<PurgeCall> {
+        let function = self.table(&format!("{path}.function"), pc.function.as_deref());
+        let mut args = Vec::new();
+        let mut ok = true;
+        for (i, a) in pc.args.as_deref().unwrap_or(&[]).iter().enumerate() {
+            match a {
+                raw::RawArg::Name(n) if n == "key" => args.push(PurgeArg::Key),
+                raw::RawArg::Name(n) => {
+                    let m = format!(
+                        "unknown argument {:?} (use key, or {{ value: X }})",
+                        truncate(n)
+                    );
+                    self.err(&format!("{path}.args[{i}]"), m);
+                    ok = false;
+                }
+                raw::RawArg::Value(v) => args.push(PurgeArg::Value(scalar(&v.value))),
+            }
+        }
+        if !args.contains(&PurgeArg::Key) {
+            self.err(
+                &format!("{path}.args"),
+                "the arguments must include key (the row to purge)",
+            );
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        Some(PurgeCall {
+            function: function?,
+            args,
         })
     }
 
@@ -1524,13 +1674,25 @@ impl Validator<'_> {
         let kinds = usize::from(c.column.is_some())
             + usize::from(c.exists.is_some())
             + usize::from(c.not_exists.is_some())
-            + usize::from(c.anonymous_patron.is_some());
+            + usize::from(c.anonymous_patron.is_some())
+            + usize::from(c.all.is_some())
+            + usize::from(c.any.is_some())
+            + usize::from(c.not.is_some())
+            + usize::from(c.chain.is_some())
+            + usize::from(c.patron_period.is_some());
         if kinds != 1 {
             self.err(
                 path,
-                "a condition has exactly one of column, exists, not_exists or anonymous_patron",
+                "a condition has exactly one of column, exists, not_exists, anonymous_patron, all, any, not, \
+                 chain or patron_period",
             );
             return None;
+        }
+        self.depth += 1;
+        let out = self.compound(path, c);
+        self.depth -= 1;
+        if let Some(out) = out {
+            return out;
         }
         if let Some(col) = &c.anonymous_patron {
             return self
@@ -1545,22 +1707,97 @@ impl Validator<'_> {
         self.column_test(path, c).map(Condition::Column)
     }
 
-    fn exists(&mut self, ep: &str, e: &RawExists, negated: bool) -> Option<Condition> {
-        let table = self.table(&format!("{ep}.table"), e.table.as_deref());
-        let column = self.ident(&format!("{ep}.column"), e.column.as_deref());
-        let matches = match e.matches.as_deref() {
-            Some(m) => self.ident(&format!("{ep}.matches"), Some(m)),
-            None => Some(Ident(String::new())), // the class key, resolved in `class`
-        };
+    /// `all`, `any`, `not`, `chain` and `patron_period`: `Some(result)` when `c` is one
+    /// of them, `None` to go on with the simple kinds.
+    fn compound(&mut self, path: &str, c: &RawCondition) -> Option<Option<Condition>> {
+        if self.depth > 8 {
+            self.err(path, "conditions nest at most 8 deep");
+            return Some(None);
+        }
+        if let Some(list) = &c.all {
+            return Some(
+                self.conditions(&format!("{path}.all"), list, false)
+                    .map(Condition::All),
+            );
+        }
+        if let Some(list) = &c.any {
+            if list.is_empty() {
+                self.err(&format!("{path}.any"), "needs at least one condition");
+                return Some(None);
+            }
+            return Some(
+                self.conditions(&format!("{path}.any"), list, false)
+                    .map(Condition::Any),
+            );
+        }
+        if let Some(inner) = &c.not {
+            return Some(
+                self.condition(&format!("{path}.not"), inner, false)
+                    .map(|x| Condition::Not(Box::new(x))),
+            );
+        }
+        if let Some(ch) = &c.chain {
+            let cp = format!("{path}.chain");
+            let parent = self.ident(&format!("{cp}.parent"), ch.parent.as_deref());
+            let filter = self.filter(&cp, ch.filter.as_deref().unwrap_or(&[]));
+            if filter.as_ref().is_some_and(Vec::is_empty) {
+                self.err(&format!("{cp}.where"), "needs at least one column test");
+                return Some(None);
+            }
+            return Some(match (parent, filter) {
+                (Some(parent), Some(filter)) => Some(Condition::Chain { parent, filter }),
+                _ => None,
+            });
+        }
+        if let Some(pp) = &c.patron_period {
+            let pp_path = format!("{path}.patron_period");
+            let table = self.table(&format!("{pp_path}.table"), pp.table.as_deref());
+            let column = self.ident(&format!("{pp_path}.column"), pp.column.as_deref());
+            let matches = self.ident(&format!("{pp_path}.matches"), pp.matches.as_deref());
+            let name_column =
+                self.ident(&format!("{pp_path}.name_column"), pp.name_column.as_deref());
+            let value_column = self.ident(
+                &format!("{pp_path}.value_column"),
+                pp.value_column.as_deref(),
+            );
+            let name = match pp.name.as_deref() {
+                Some(n) if !n.is_empty() => Some(n.to_string()),
+                _ => {
+                    self.err(&format!("{pp_path}.name"), "missing: the setting's name");
+                    None
+                }
+            };
+            return Some(
+                match (table, column, matches, name_column, name, value_column) {
+                    (
+                        Some(table),
+                        Some(column),
+                        Some(matches),
+                        Some(name_column),
+                        Some(name),
+                        Some(value_column),
+                    ) => Some(Condition::PatronPeriod(PatronPeriod {
+                        table,
+                        column,
+                        matches,
+                        name_column,
+                        name,
+                        value_column,
+                    })),
+                    _ => None,
+                },
+            );
+        }
+        None
+    }
+
+    /// Column tests only (`where:` of exists and chain).
+    fn filter(&mut self, ep: &str, list: &[RawCondition]) -> Option<Vec<ColumnTest>> {
         let mut filter = Vec::new();
         let mut ok = true;
-        for (i, f) in e.filter.as_deref().unwrap_or(&[]).iter().enumerate() {
+        for (i, f) in list.iter().enumerate() {
             let fp = format!("{ep}.where[{i}]");
-            if f.exists.is_some()
-                || f.not_exists.is_some()
-                || f.anonymous_patron.is_some()
-                || f.reason.is_some()
-            {
+            if f.column.is_none() || f.reason.is_some() {
                 self.err(&fp, "where: holds column tests only");
                 ok = false;
                 continue;
@@ -1570,15 +1807,23 @@ impl Validator<'_> {
                 None => ok = false,
             }
         }
-        if !ok {
-            return None;
-        }
+        ok.then_some(filter)
+    }
+
+    fn exists(&mut self, ep: &str, e: &RawExists, negated: bool) -> Option<Condition> {
+        let table = self.table(&format!("{ep}.table"), e.table.as_deref());
+        let column = self.ident(&format!("{ep}.column"), e.column.as_deref());
+        let matches = match e.matches.as_deref() {
+            Some(m) => self.ident(&format!("{ep}.matches"), Some(m)),
+            None => Some(Ident(String::new())), // the class key, resolved in `class`
+        };
+        let filter = self.filter(ep, e.filter.as_deref().unwrap_or(&[]));
         Some(Condition::Exists {
             negated,
             table: table?,
             column: column?,
             matches: matches?,
-            filter,
+            filter: filter?,
         })
     }
 
@@ -1592,6 +1837,7 @@ impl Validator<'_> {
             (CmpOp::Ge, &c.ge),
             (CmpOp::Lt, &c.lt),
             (CmpOp::Le, &c.le),
+            (CmpOp::Like, &c.like),
         ] {
             if let Some(v) = v {
                 tests.push(ColumnTest::Compare(col.clone(), op, scalar(v)));
@@ -1610,7 +1856,7 @@ impl Validator<'_> {
         if tests.len() != 1 {
             self.err(
                 path,
-                "a column test has exactly one of eq, ne, gt, ge, lt, le, is_null, not_null",
+                "a column test has exactly one of eq, ne, gt, ge, lt, le, like, is_null, not_null",
             );
             return None;
         }
@@ -1618,8 +1864,25 @@ impl Validator<'_> {
     }
 }
 
+/// Gives every `exists` without `matches` (anywhere in `c`) the class's key.
+fn resolve_matches(c: &mut Condition, key: &Ident) {
+    match c {
+        Condition::Exists { matches, .. } if matches.as_str().is_empty() => {
+            *matches = key.clone();
+        }
+        Condition::All(list) | Condition::Any(list) => {
+            for x in list {
+                resolve_matches(x, key);
+            }
+        }
+        Condition::Not(x) => resolve_matches(x, key),
+        _ => {}
+    }
+}
+
 fn scalar(v: &RawScalar) -> Scalar {
     match v {
+        RawScalar::Bool(b) => Scalar::Bool(*b),
         RawScalar::Int(i) => Scalar::Int(*i),
         RawScalar::Float(f) => Scalar::Float(*f),
         RawScalar::Text(s) => Scalar::Text(s.clone()),
@@ -1684,8 +1947,8 @@ fn merge_class(base: &mut RawClass, over: RawClass) {
             .get_or_insert_with(Default::default)
             .extend(more);
     }
-    take!(description, enabled, table, key, age, retain, action);
-    extend!(scope, immediate, exempt, delete_with);
+    take!(description, enabled, table, key, age, retain, action, purge);
+    extend!(scope, immediate, exempt, delete_with, triggers, purged);
 }
 
 /// Parses a short duration such as "5 minutes", "30 seconds", "1 hour".

@@ -149,9 +149,46 @@ pub struct RawClass {
     pub immediate: Option<Vec<RawCondition>>,
     /// Exemptions, each with a reason.
     pub exempt: Option<Vec<RawCondition>>,
-    /// For delete: rows of other tables deleted first in the same transaction (tables
-    /// with no foreign key to this one).
+    /// For delete: rows of other tables deleted in the same transaction (tables with
+    /// no foreign key to this one). For purge: rows of other tables deleted after the
+    /// purge function, in the same transaction (traces it leaves, such as audit rows).
     pub delete_with: Option<Vec<RawDependent>>,
+    /// For action purge: the database function called once per row.
+    pub purge: Option<RawPurge>,
+    /// Functions that enabled triggers on the class's table must call (PostgreSQL);
+    /// `check` fails when one is missing or disabled.
+    pub triggers: Option<Vec<String>>,
+    /// Conditions that mark a row the action has already handled (for purge: the row
+    /// stays, scrubbed). `verify` counts `delete_with` rows still linked to such rows.
+    pub purged: Option<Vec<RawCondition>>,
+}
+
+/// `purge:` of a class: `{ function: schema.name, args: [key, { value: 1 }] }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPurge {
+    /// The function, optionally schema-qualified (`actor.usr_delete`).
+    pub function: Option<String>,
+    /// Its arguments in order: `key` (the row's key) or `{ value: X }`.
+    pub args: Option<Vec<RawArg>>,
+}
+
+/// One argument of a purge function.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawArg {
+    /// `key`: the row's key.
+    Name(String),
+    /// `{ value: X }`: a fixed value, bound.
+    Value(RawArgValue),
+}
+
+/// `{ value: X }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArgValue {
+    /// The value.
+    pub value: RawScalar,
 }
 
 /// `age:` of a class.
@@ -190,6 +227,8 @@ pub struct RawSetValue {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum RawScalar {
+    /// `true` or `false`.
+    Bool(bool),
     /// An integer.
     Int(i64),
     /// A number with a fraction.
@@ -219,6 +258,8 @@ pub struct RawCondition {
     pub lt: Option<RawScalar>,
     /// `<=`.
     pub le: Option<RawScalar>,
+    /// `LIKE` (a pattern with `%` and `_`).
+    pub like: Option<RawScalar>,
     /// `IS NULL` when true.
     pub is_null: Option<bool>,
     /// `IS NOT NULL` when true.
@@ -229,6 +270,47 @@ pub struct RawCondition {
     pub not_exists: Option<RawExists>,
     /// The named column of the row is the anonymous patron.
     pub anonymous_patron: Option<String>,
+    /// All of these hold.
+    pub all: Option<Vec<RawCondition>>,
+    /// At least one of these holds.
+    pub any: Option<Vec<RawCondition>>,
+    /// This does not hold.
+    pub not: Option<Box<RawCondition>>,
+    /// The row or a row before it in its chain (following a parent column, as
+    /// Evergreen's renewals follow `parent_circ`) meets every test of `where`.
+    pub chain: Option<RawChain>,
+    /// The row is older than the period the patron chose, read from a setting row.
+    pub patron_period: Option<RawPatronPeriod>,
+}
+
+/// `chain:`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChain {
+    /// The column pointing to the previous row of the chain (same table).
+    pub parent: Option<String>,
+    /// Column tests one row of the chain must meet (all of them).
+    #[serde(rename = "where")]
+    pub filter: Option<Vec<RawCondition>>,
+}
+
+/// `patron_period:`: a per-patron setting holding a period (Evergreen
+/// `actor.usr_setting` `history.circ.retention_age`, a JSON-encoded interval).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPatronPeriod {
+    /// The settings table.
+    pub table: Option<String>,
+    /// Its column holding the patron.
+    pub column: Option<String>,
+    /// This row's column holding the patron.
+    pub matches: Option<String>,
+    /// The settings table's name column.
+    pub name_column: Option<String>,
+    /// The setting's name.
+    pub name: Option<String>,
+    /// The settings table's value column.
+    pub value_column: Option<String>,
 }
 
 /// `exists:` / `not_exists:`.

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use sqlx::{AssertSqlSafe, MySqlPool, PgPool, Row, SqlitePool};
 
 use crate::config::{
-    AnonymousPatronSource, Backend, ClassDef, ColumnTest, Condition, Config, Ident, TableName,
+    AnonymousPatronSource, Backend, ClassDef, Condition, Config, Ident, TableName,
 };
 
 /// What went wrong talking to the database. Messages name tables, columns and causes,
@@ -454,11 +454,117 @@ impl Db {
                 }
             }
         }
+        for c in &cfg.classes {
+            self.check_routines(c, &mut problems).await?;
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(DbError::Schema(problems.join("\n")))
         }
+    }
+
+    /// Checks what a class needs beyond tables and columns: its purge function exists,
+    /// the triggers it relies on are installed and enabled (Evergreen's aging triggers:
+    /// deleting a circulation without them would destroy the statistics instead of aging
+    /// them), and chain conditions run only where the database supports them.
+    async fn check_routines(
+        &self,
+        c: &ClassDef,
+        problems: &mut Vec<String>,
+    ) -> Result<(), DbError> {
+        let backend = self.backend();
+        if backend != Backend::Postgres && class_uses_chain(c) {
+            problems.push(format!(
+                "classes.{}: chain conditions need PostgreSQL (a recursive query that refers to the row)",
+                c.name
+            ));
+        }
+        if let Some(pc) = &c.purge {
+            let found = match self {
+                Db::Postgres(p) => sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+                         WHERE n.nspname = COALESCE($1, current_schema()) AND p.proname = $2",
+                )
+                .bind(pc.function.schema.as_ref().map(|s| s.as_str().to_string()))
+                .bind(pc.function.name.as_str())
+                .fetch_one(p)
+                .await?,
+                Db::MySql(p) => {
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT count(*) FROM information_schema.routines \
+                         WHERE routine_schema = COALESCE(?, DATABASE()) AND routine_name = ?",
+                    )
+                    .bind(pc.function.schema.as_ref().map(|s| s.as_str().to_string()))
+                    .bind(pc.function.name.as_str())
+                    .fetch_one(p)
+                    .await?
+                }
+                Db::Sqlite(_) => {
+                    problems.push(format!(
+                        "classes.{}: action purge calls a database function, and SQLite has none",
+                        c.name
+                    ));
+                    return Ok(());
+                }
+            };
+            if found == 0 {
+                problems.push(format!(
+                    "classes.{}: purge function {} does not exist",
+                    c.name, pc.function
+                ));
+            }
+        }
+        for f in &c.triggers {
+            let Db::Postgres(p) = self else {
+                problems.push(format!(
+                    "classes.{}: triggers are checked on PostgreSQL only; remove triggers: for this database",
+                    c.name
+                ));
+                break;
+            };
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+                 JOIN pg_namespace n ON n.oid = p.pronamespace \
+                 WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
+                 AND n.nspname = COALESCE($2, current_schema()) AND p.proname = $3",
+            )
+            .bind(c.table.to_string())
+            .bind(f.schema.as_ref().map(|s| s.as_str().to_string()))
+            .bind(f.name.as_str())
+            .fetch_one(p)
+            .await?;
+            if n == 0 {
+                problems.push(format!(
+                    "classes.{}: no enabled trigger on {} calls {f}: deleting without it would destroy what the \
+                     library system keeps (aged statistics); refusing to run",
+                    c.name, c.table
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct non-NULL values of the first column of `stmt`'s rows, as text.
+    ///
+    /// # Errors
+    /// [`DbError::Query`].
+    pub async fn fetch_strings<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<String>, DbError> {
+        let mut tx = self.begin_read().await?;
+        let out = on_backend!(tx.target(), stmt, |sql, values, ex| {
+            let rows = sqlx::query_with(AssertSqlSafe(sql), values)
+                .fetch_all(&mut *ex)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                if let Some(v) = r.try_get::<Option<String>, _>(0)? {
+                    out.push(v);
+                }
+            }
+            out
+        });
+        drop(tx);
+        Ok(out)
     }
 
     /// Reads the anonymous patron's id from the preference (Koha: `AnonymousPatron` in
@@ -590,35 +696,76 @@ fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>
         .scope
         .iter()
         .chain(c.immediate.iter())
-        .chain(c.exempt.iter().map(|(_, x)| x));
+        .chain(c.exempt.iter().map(|(_, x)| x))
+        .chain(c.purged.iter());
     for cond in conds {
-        match cond {
-            Condition::Column(t) => out.push((ctx.clone(), c.table.clone(), t.column().clone())),
-            Condition::AnonymousPatron(col) => {
-                out.push((ctx.clone(), c.table.clone(), col.clone()))
-            }
-            Condition::Exists {
-                table,
-                column,
-                matches,
-                filter,
-                ..
-            } => {
-                out.push((ctx.clone(), table.clone(), column.clone()));
-                out.push((ctx.clone(), c.table.clone(), matches.clone()));
-                for f in filter {
-                    let col = match f {
-                        ColumnTest::Compare(col, ..)
-                        | ColumnTest::IsNull(col)
-                        | ColumnTest::NotNull(col) => col,
-                    };
-                    out.push((ctx.clone(), table.clone(), col.clone()));
-                }
-            }
-        }
+        collect_condition_columns(c, &ctx, cond, out);
     }
     for d in &c.delete_with {
         out.push((ctx.clone(), d.table.clone(), d.column.clone()));
+    }
+}
+
+/// Whether any condition of the class is a chain condition.
+fn class_uses_chain(c: &ClassDef) -> bool {
+    fn uses(cond: &Condition) -> bool {
+        match cond {
+            Condition::Chain { .. } => true,
+            Condition::All(l) | Condition::Any(l) => l.iter().any(uses),
+            Condition::Not(x) => uses(x),
+            _ => false,
+        }
+    }
+    c.scope
+        .iter()
+        .chain(c.immediate.iter())
+        .chain(c.exempt.iter().map(|(_, x)| x))
+        .chain(c.purged.iter())
+        .any(uses)
+}
+
+/// The (table, column) pairs one condition names, nested conditions included.
+fn collect_condition_columns(
+    c: &ClassDef,
+    ctx: &str,
+    cond: &Condition,
+    out: &mut Vec<(String, TableName, Ident)>,
+) {
+    let ctx_s = ctx.to_string();
+    match cond {
+        Condition::Column(t) => out.push((ctx_s, c.table.clone(), t.column().clone())),
+        Condition::AnonymousPatron(col) => out.push((ctx_s, c.table.clone(), col.clone())),
+        Condition::Exists {
+            table,
+            column,
+            matches,
+            filter,
+            ..
+        } => {
+            out.push((ctx_s.clone(), table.clone(), column.clone()));
+            out.push((ctx_s.clone(), c.table.clone(), matches.clone()));
+            for f in filter {
+                out.push((ctx_s.clone(), table.clone(), f.column().clone()));
+            }
+        }
+        Condition::All(list) | Condition::Any(list) => {
+            for x in list {
+                collect_condition_columns(c, ctx, x, out);
+            }
+        }
+        Condition::Not(x) => collect_condition_columns(c, ctx, x, out),
+        Condition::Chain { parent, filter } => {
+            out.push((ctx_s.clone(), c.table.clone(), parent.clone()));
+            for f in filter {
+                out.push((ctx_s.clone(), c.table.clone(), f.column().clone()));
+            }
+        }
+        Condition::PatronPeriod(pp) => {
+            out.push((ctx_s.clone(), pp.table.clone(), pp.column.clone()));
+            out.push((ctx_s.clone(), pp.table.clone(), pp.name_column.clone()));
+            out.push((ctx_s.clone(), pp.table.clone(), pp.value_column.clone()));
+            out.push((ctx_s, c.table.clone(), pp.matches.clone()));
+        }
     }
 }
 

@@ -10,23 +10,38 @@
 //!   ranges keep the whole pass one scan of the table: STACK.md records a keyset loop
 //!   that went quadratic on MariaDB and `IN (SELECT …)` running as a full scan.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{NaiveDateTime, Utc};
 use sea_query::{
-    Alias, Asterisk, Cond, Condition as SqCond, DeleteStatement, Expr, ExprTrait, Func, LockType,
-    Order, Query, SelectStatement, UpdateStatement,
+    Alias, Asterisk, CommonTableExpression, Cond, Condition as SqCond, DeleteStatement, Expr,
+    ExprTrait, Func, LockType, Order, Query, SelectStatement, SubQueryOper, SubQueryStatement,
+    UnionType, UpdateStatement, WithClause,
 };
 
 use crate::config::{
-    AgeType, Backend, ClassDef, CmpOp, ColumnTest, Condition, Ident, Reason, Scalar, Strategy,
-    TableName,
+    AgeType, Backend, ClassDef, CmpOp, ColumnTest, Condition, Ident, PatronPeriod, Reason, Scalar,
+    Strategy, TableName,
 };
 use crate::policy::Cutoff;
 
 /// The alias of the other table inside `EXISTS` subqueries.
 const OTHER: &str = "lethe_o";
+/// The recursive common table expression of a chain condition, and its columns.
+const CHAIN: &str = "lethe_chain";
+const CHAIN_ID: &str = "lethe_id";
+const CHAIN_PARENT: &str = "lethe_parent";
+/// The alias of the table in a chain's recursive step.
+const PREV: &str = "lethe_p";
+
+/// Patrons' own periods, per source ([`PatronPeriod::key`]): each distinct stored value
+/// with the cutoff it gives at the moment of the run. Values Lethe cannot read are left
+/// out (their rows are kept).
+pub type PatronCutoffs = Arc<HashMap<String, Vec<(String, Cutoff)>>>;
 
 /// Everything the SQL of a class depends on besides the class itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Bindings {
     /// The class's cutoff.
     pub cutoff: Cutoff,
@@ -34,6 +49,8 @@ pub struct Bindings {
     pub anonymous_patron: Option<i64>,
     /// The backend (SQLite compares dates as text and needs them in its own format).
     pub backend: Backend,
+    /// Cutoffs from patrons' own periods, for `patron_period` conditions.
+    pub patron_cutoffs: PatronCutoffs,
 }
 
 /// A (schema-qualified) table name for sea-query.
@@ -63,6 +80,7 @@ fn ocol(c: &Ident) -> Expr {
 
 fn scalar(v: &Scalar) -> Expr {
     match v {
+        Scalar::Bool(x) => Expr::val(*x),
         Scalar::Int(i) => Expr::val(*i),
         Scalar::Float(f) => Expr::val(*f),
         Scalar::Text(s) => Expr::val(s.clone()),
@@ -82,6 +100,7 @@ fn column_test(col: Expr, t: &ColumnTest) -> SqCond {
                 CmpOp::Ge => col.clone().gte(v),
                 CmpOp::Lt => col.clone().lt(v),
                 CmpOp::Le => col.clone().lte(v),
+                CmpOp::Like => col.clone().binary(sea_query::BinOper::Like, v),
             };
             // NULL never matches: the condition is always true or false, never NULL, so
             // that NOT(condition) means what it says.
@@ -122,7 +141,94 @@ pub fn condition(class: &ClassDef, c: &Condition, b: &Bindings) -> SqCond {
                 Cond::all().add(e)
             }
         }
+        Condition::All(list) => list
+            .iter()
+            .fold(Cond::all(), |acc, x| acc.add(condition(class, x, b))),
+        Condition::Any(list) => list
+            .iter()
+            .fold(Cond::any(), |acc, x| acc.add(condition(class, x, b))),
+        Condition::Not(x) => Cond::all().add(condition(class, x, b).not()),
+        Condition::Chain { parent, filter } => chain_condition(class, parent, filter),
+        Condition::PatronPeriod(pp) => patron_period_condition(class, pp, b),
     }
+}
+
+/// `EXISTS (WITH RECURSIVE lethe_chain AS (SELECT row.key, row.parent UNION SELECT
+/// p.key, p.parent FROM table p JOIN lethe_chain ON p.key = lethe_chain.parent) SELECT 1
+/// FROM table o JOIN lethe_chain ON o.key = lethe_chain.id WHERE <filter on o>)`: the
+/// row or one of its ancestors meets the filter. `UNION` (not `UNION ALL`) ends the
+/// recursion even on a cyclic chain. The anchor refers to the outer row, which
+/// PostgreSQL allows inside a sub-select (MariaDB does not: `check` refuses chain
+/// conditions there).
+fn chain_condition(class: &ClassDef, parent: &Ident, filter: &[ColumnTest]) -> SqCond {
+    let mut anchor = Query::select();
+    anchor
+        .expr_as(tcol(&class.table, &class.key), Alias::new(CHAIN_ID))
+        .expr_as(tcol(&class.table, parent), Alias::new(CHAIN_PARENT));
+    let mut step = Query::select();
+    step.expr(Expr::col((
+        Alias::new(PREV),
+        Alias::new(class.key.as_str()),
+    )))
+    .expr(Expr::col((Alias::new(PREV), Alias::new(parent.as_str()))))
+    .from_as(table_ref(&class.table), Alias::new(PREV))
+    .inner_join(
+        Alias::new(CHAIN),
+        Expr::col((Alias::new(PREV), Alias::new(class.key.as_str())))
+            .equals((Alias::new(CHAIN), Alias::new(CHAIN_PARENT))),
+    );
+    anchor.union(UnionType::Distinct, step);
+    let cte = CommonTableExpression::new()
+        .query(anchor)
+        .columns([Alias::new(CHAIN_ID), Alias::new(CHAIN_PARENT)])
+        .table_name(Alias::new(CHAIN))
+        .to_owned();
+    let mut last = Query::select();
+    last.expr(Expr::val(1))
+        .from_as(table_ref(&class.table), Alias::new(OTHER))
+        .inner_join(
+            Alias::new(CHAIN),
+            ocol(&class.key).equals((Alias::new(CHAIN), Alias::new(CHAIN_ID))),
+        );
+    for f in filter {
+        last.cond_where(column_test(ocol(f.column()), f));
+    }
+    let with = WithClause::new().recursive(true).cte(cte).to_owned();
+    let e = Expr::SubQuery(
+        Some(SubQueryOper::Exists),
+        Box::new(SubQueryStatement::WithStatement(with.query(last))),
+    );
+    Cond::all().add(e)
+}
+
+/// The row is older than its patron's own period: for each distinct stored value `v`
+/// with cutoff `c`, `EXISTS (SELECT 1 FROM settings o WHERE o.patron = row.patron AND
+/// o.name = N AND o.value = v) AND age < c`, OR-ed. No readable value: never true.
+fn patron_period_condition(class: &ClassDef, pp: &PatronPeriod, b: &Bindings) -> SqCond {
+    let Some(values) = b.patron_cutoffs.get(&pp.key()).filter(|v| !v.is_empty()) else {
+        return Cond::all().add(Expr::val(1).eq(0));
+    };
+    let age = age_expr(class);
+    let mut any = Cond::any();
+    for (value, cutoff) in values {
+        let mut sub = Query::select();
+        sub.expr(Expr::val(1))
+            .from_as(table_ref(&pp.table), Alias::new(OTHER))
+            .and_where(ocol(&pp.column).eq(tcol(&class.table, &pp.matches)))
+            .and_where(ocol(&pp.name_column).eq(pp.name.clone()))
+            .and_where(ocol(&pp.value_column).eq(value.clone()));
+        let bc = Bindings {
+            cutoff: *cutoff,
+            ..b.clone()
+        };
+        any = any.add(
+            Cond::all()
+                .add(Expr::exists(sub))
+                .add(age.clone().is_not_null())
+                .add(age.clone().lt(cutoff_value(class.age.kind, &bc))),
+        );
+    }
+    any
 }
 
 /// The bound cutoff value for the class's age type, in the backend's own format.
@@ -317,6 +423,15 @@ pub fn next_key_query(class: &ClassDef, from: i64, backend: Backend) -> SelectSt
 
 /// The eligible keys in `[lo, hi)`, locked for update where the backend can.
 pub fn batch_keys_query(class: &ClassDef, b: &Bindings, lo: i64, hi: i64) -> SelectStatement {
+    let mut q = eligible_keys_query(class, b, lo, hi);
+    if b.backend != Backend::Sqlite {
+        q.lock(LockType::Update);
+    }
+    q
+}
+
+/// The eligible keys in `[lo, hi)`, in order, without locking them.
+pub fn eligible_keys_query(class: &ClassDef, b: &Bindings, lo: i64, hi: i64) -> SelectStatement {
     let mut q = Query::select();
     q.expr_as(key_as_i64(class, b.backend), Alias::new("k"))
         .from(table_ref(&class.table))
@@ -324,9 +439,6 @@ pub fn batch_keys_query(class: &ClassDef, b: &Bindings, lo: i64, hi: i64) -> Sel
         .and_where(tcol(&class.table, &class.key).lt(hi))
         .cond_where(eligible(class, b))
         .order_by_expr(tcol(&class.table, &class.key), Order::Asc);
-    if b.backend != Backend::Sqlite {
-        q.lock(LockType::Update);
-    }
     q
 }
 
@@ -397,5 +509,71 @@ pub fn oldest_eligible_query(class: &ClassDef, b: &Bindings) -> SelectStatement 
     )
     .from(table_ref(&class.table))
     .cond_where(eligible(class, b));
+    q
+}
+
+/// `SELECT schema.function(args…)` for one row: the row's key and the configured values
+/// are bound. The function name is made of validated identifiers, quoted here for the
+/// backend (sea-query writes a custom function's name as given).
+pub fn purge_statement(
+    call: &crate::config::PurgeCall,
+    key: i64,
+    backend: Backend,
+) -> SelectStatement {
+    let q = |s: &str| match backend {
+        Backend::MySql => format!("`{s}`"),
+        _ => format!("\"{s}\""),
+    };
+    let name = match &call.function.schema {
+        Some(schema) => format!("{}.{}", q(schema.as_str()), q(call.function.name.as_str())),
+        None => q(call.function.name.as_str()),
+    };
+    let args: Vec<Expr> = call
+        .args
+        .iter()
+        .map(|a| match a {
+            crate::config::PurgeArg::Key => Expr::val(key),
+            crate::config::PurgeArg::Value(v) => scalar(v),
+        })
+        .collect();
+    let mut s = Query::select();
+    s.expr(Func::cust(Alias::new(name)).args(args));
+    s
+}
+
+/// `SELECT DISTINCT value FROM settings WHERE name = N`: the values patrons chose for one
+/// setting, at most `limit` of them.
+pub fn patron_period_values_query(pp: &PatronPeriod, limit: u64) -> SelectStatement {
+    let mut q = Query::select();
+    q.distinct()
+        .column(Alias::new(pp.value_column.as_str()))
+        .from(table_ref(&pp.table))
+        .and_where(Expr::col(Alias::new(pp.name_column.as_str())).eq(pp.name.clone()))
+        .and_where(Expr::col(Alias::new(pp.value_column.as_str())).is_not_null())
+        .limit(limit);
+    q
+}
+
+/// Rows of `dep` still linked to rows of the class the action has already handled
+/// (`purged:`): traces a purge left behind, such as Evergreen's audit rows of a purged
+/// patron. `SELECT COUNT(*) FROM dep o WHERE EXISTS (SELECT 1 FROM table WHERE key =
+/// o.column AND <purged>)`.
+pub fn traces_query(
+    class: &ClassDef,
+    dep: &crate::config::Dependent,
+    b: &Bindings,
+) -> SelectStatement {
+    let mut inner = Query::select();
+    inner
+        .expr(Expr::val(1))
+        .from(table_ref(&class.table))
+        .and_where(tcol(&class.table, &class.key).eq(ocol(&dep.column)));
+    for c in &class.purged {
+        inner.cond_where(condition(class, c, b));
+    }
+    let mut q = Query::select();
+    q.expr(as_i64(Func::count(Expr::col(Asterisk)).into(), b.backend))
+        .from_as(table_ref(&dep.table), Alias::new(OTHER))
+        .and_where(Expr::exists(inner));
     q
 }

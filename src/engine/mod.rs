@@ -11,6 +11,8 @@
 //! `safety.max_rounds`, so a run ends at a fixed point: right after it, `plan` shows 0
 //! eligible and a second run changes nothing.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -70,10 +72,41 @@ pub fn safe_db_message(e: &DbError) -> String {
 }
 
 /// What a class's SQL needs from the database, read once per run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Prepared {
     /// The anonymous patron's id (Koha's `AnonymousPatron`), if set.
     pub anonymous_patron: Option<i64>,
+    /// The distinct values patrons stored for each `patron_period` source
+    /// ([`crate::config::PatronPeriod::key`]).
+    pub patron_periods: HashMap<String, Vec<String>>,
+}
+
+/// Most distinct values read for one patron-period setting. The OPAC offers a short
+/// list; rows of patrons with values beyond this many are kept (fail safe).
+const MAX_PATRON_PERIOD_VALUES: u64 = 1000;
+
+/// Every `patron_period` condition of the config, nested ones included.
+fn patron_period_sources(cfg: &Config) -> Vec<crate::config::PatronPeriod> {
+    fn walk(c: &Condition, out: &mut Vec<crate::config::PatronPeriod>) {
+        match c {
+            Condition::PatronPeriod(pp) if !out.contains(pp) => out.push(pp.clone()),
+            Condition::All(l) | Condition::Any(l) => l.iter().for_each(|x| walk(x, out)),
+            Condition::Not(x) => walk(x, out),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for class in &cfg.classes {
+        for c in class
+            .scope
+            .iter()
+            .chain(class.immediate.iter())
+            .chain(class.exempt.iter().map(|(_, x)| x))
+        {
+            walk(c, &mut out);
+        }
+    }
+    out
 }
 
 /// Checks the schema against the config and reads the anonymous patron. Run before
@@ -88,7 +121,37 @@ pub async fn prepare(cfg: &Config, db: &Db) -> Result<Prepared, EngineError> {
         Some(src) => db.anonymous_patron(src).await?,
         None => None,
     };
-    Ok(Prepared { anonymous_patron })
+    let mut patron_periods = HashMap::new();
+    for pp in patron_period_sources(cfg) {
+        let values = db
+            .fetch_strings(&sql::patron_period_values_query(
+                &pp,
+                MAX_PATRON_PERIOD_VALUES + 1,
+            ))
+            .await?;
+        if values.len() as u64 > MAX_PATRON_PERIOD_VALUES {
+            tracing::warn!(
+                setting = %pp.name,
+                "more than {MAX_PATRON_PERIOD_VALUES} distinct values: rows of patrons with the others are kept"
+            );
+        }
+        let unreadable = values
+            .iter()
+            .filter(|v| policy::parse_patron_interval(v).is_none())
+            .count();
+        if unreadable > 0 {
+            tracing::warn!(
+                setting = %pp.name,
+                unreadable,
+                "values not readable as a period: rows of those patrons are kept"
+            );
+        }
+        patron_periods.insert(pp.key(), values);
+    }
+    Ok(Prepared {
+        anonymous_patron,
+        patron_periods,
+    })
 }
 
 /// Refuses to enforce when this host's clock and the database's differ by more than
@@ -149,10 +212,26 @@ fn bindings(
     at: DateTime<Utc>,
     p: &Prepared,
 ) -> Option<Bindings> {
+    let mut patron_cutoffs = HashMap::new();
+    for (key, values) in &p.patron_periods {
+        let resolved: Vec<(String, policy::Cutoff)> = values
+            .iter()
+            .take(MAX_PATRON_PERIOD_VALUES as usize)
+            .filter_map(|v| {
+                let terms = policy::parse_patron_interval(v)?;
+                Some((
+                    v.clone(),
+                    policy::cutoff_of_terms(at, cfg.schedule.timezone, &terms)?,
+                ))
+            })
+            .collect();
+        patron_cutoffs.insert(key.clone(), resolved);
+    }
     Some(Bindings {
         cutoff: policy::cutoff(at, cfg.schedule.timezone, class.retain)?,
         anonymous_patron: p.anonymous_patron,
         backend: db.backend(),
+        patron_cutoffs: std::sync::Arc::new(patron_cutoffs),
     })
 }
 
@@ -226,6 +305,12 @@ pub struct ClassCompliance {
     pub oldest_overdue_days: Option<i64>,
     /// Rows past their period kept by an exemption.
     pub kept: Kept,
+    /// Rows of `delete_with` tables still linked to records the action already handled
+    /// (`purged:`), such as Evergreen audit rows of a purged patron: should be 0.
+    pub traces: u64,
+    /// The tables where traces were found.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trace_tables: Vec<String>,
 }
 
 /// The compliance check: what an auditor runs. Changes nothing.
@@ -235,6 +320,8 @@ pub struct Compliance {
     pub checked_at: DateTime<Utc>,
     /// Overdue rows over all classes.
     pub overdue: u64,
+    /// Traces of purged records over all classes.
+    pub traces: u64,
     /// Per class.
     pub classes: Vec<ClassCompliance>,
     /// A missed-run warning, when the last enforced run is overdue.
@@ -273,6 +360,18 @@ pub async fn compliance(
                 .and_then(|o| age_days(o, at, cfg.schedule.timezone));
             (oldest, days)
         };
+        let mut traces = 0;
+        let mut trace_tables = Vec::new();
+        if !class.purged.is_empty() {
+            for dep in &class.delete_with {
+                let row = db.read_row_i64(&sql::traces_query(class, dep, &b)).await?;
+                let n = row.first().copied().flatten().unwrap_or(0).max(0) as u64;
+                if n > 0 {
+                    traces += n;
+                    trace_tables.push(dep.table.to_string());
+                }
+            }
+        }
         classes.push(ClassCompliance {
             name: class.name.clone(),
             table: class.table.to_string(),
@@ -281,11 +380,14 @@ pub async fn compliance(
             oldest_overdue: oldest,
             oldest_overdue_days: days,
             kept: c.kept,
+            traces,
+            trace_tables,
         });
     }
     Ok(Compliance {
         checked_at: at,
         overdue: classes.iter().map(|c| c.overdue).sum(),
+        traces: classes.iter().map(|c| c.traces).sum(),
         classes,
         missed_run: missed_run(cfg, db, at).await?,
     })
@@ -365,6 +467,7 @@ pub struct RunOptions {
 
 fn scalar_json(v: &Scalar) -> serde_json::Value {
     match v {
+        Scalar::Bool(b) => serde_json::json!(b),
         Scalar::Int(i) => serde_json::json!(i),
         Scalar::Float(f) => serde_json::json!(f),
         Scalar::Text(t) => serde_json::json!(t),
@@ -383,6 +486,7 @@ fn test_json(t: &ColumnTest) -> serde_json::Value {
                 CmpOp::Ge => "ge",
                 CmpOp::Lt => "lt",
                 CmpOp::Le => "le",
+                CmpOp::Like => "like",
             };
             serde_json::json!({ "column": c.as_str(), op: scalar_json(v) })
         }
@@ -414,6 +518,26 @@ fn condition_json(c: &Condition) -> serde_json::Value {
                 serde_json::json!({ "exists": body })
             }
         }
+        Condition::All(list) => {
+            serde_json::json!({ "all": list.iter().map(condition_json).collect::<Vec<_>>() })
+        }
+        Condition::Any(list) => {
+            serde_json::json!({ "any": list.iter().map(condition_json).collect::<Vec<_>>() })
+        }
+        Condition::Not(x) => serde_json::json!({ "not": condition_json(x) }),
+        Condition::Chain { parent, filter } => serde_json::json!({
+            "chain": { "parent": parent.as_str(), "where": filter.iter().map(test_json).collect::<Vec<_>>() }
+        }),
+        Condition::PatronPeriod(pp) => serde_json::json!({
+            "patron_period": {
+                "table": pp.table.to_string(),
+                "column": pp.column.as_str(),
+                "matches": pp.matches.as_str(),
+                "name_column": pp.name_column.as_str(),
+                "name": pp.name,
+                "value_column": pp.value_column.as_str(),
+            }
+        }),
     }
 }
 
@@ -424,7 +548,7 @@ pub fn policy_json(cfg: &Config) -> String {
         .classes
         .iter()
         .map(|c| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "name": c.name,
                 "table": c.table.to_string(),
                 "key": c.key.as_str(),
@@ -450,7 +574,27 @@ pub fn policy_json(cfg: &Config) -> String {
                     serde_json::json!({ "reason": r.as_str(), "when": condition_json(x) })
                 }).collect::<Vec<_>>(),
                 "delete_with": c.delete_with.iter().map(|d| format!("{}.{}", d.table, d.column)).collect::<Vec<_>>(),
-            })
+            });
+            // Keys added with the purge action appear only where used, so that the
+            // policy (and its hash) of a class without them reads as before.
+            if let (Some(obj), Some(pc)) = (v.as_object_mut(), &c.purge) {
+                obj.insert("purge".into(), serde_json::json!({
+                    "function": pc.function.to_string(),
+                    "args": pc.args.iter().map(|a| match a {
+                        crate::config::PurgeArg::Key => serde_json::json!("key"),
+                        crate::config::PurgeArg::Value(v) => serde_json::json!({ "value": scalar_json(v) }),
+                    }).collect::<Vec<_>>(),
+                }));
+            }
+            if let Some(obj) = v.as_object_mut() {
+                if !c.triggers.is_empty() {
+                    obj.insert("triggers".into(), serde_json::json!(c.triggers.iter().map(|t| t.to_string()).collect::<Vec<_>>()));
+                }
+                if !c.purged.is_empty() {
+                    obj.insert("purged".into(), serde_json::json!(c.purged.iter().map(condition_json).collect::<Vec<_>>()));
+                }
+            }
+            v
         })
         .collect();
     serde_json::json!({
@@ -683,6 +827,9 @@ async fn pass(
     hi: i64,
     cancel: &CancellationToken,
 ) -> Result<bool, DbError> {
+    if class.action == Action::Purge {
+        return purge_pass(cfg, db, run_id, class, b, lo, hi, cancel).await;
+    }
     let step = i64::from(cfg.safety.batch_size);
     let mut from = lo;
     while from <= hi {
@@ -711,6 +858,8 @@ async fn pass(
                 tx.execute(&sql::anonymize_statement(class, b, &keys))
                     .await?
             }
+            // `pass` hands purge classes to `purge_pass` above.
+            Action::Purge => 0,
             Action::Delete => {
                 let n = tx.execute(&sql::delete_statement(class, b, &keys)).await?;
                 if !class.delete_with.is_empty() {
@@ -741,6 +890,83 @@ async fn pass(
         tx.commit().await?;
         tracing::debug!(run_id, class = %class.name, changed, "batch committed");
         from = to;
+    }
+    Ok(false)
+}
+
+/// A pass of a purge class: the eligible keys of each range are read, then each row is
+/// purged in a transaction of its own (Evergreen's `actor.usr_delete` does much work per
+/// patron, and one patron per transaction keeps locks short and progress committed).
+/// In that transaction the row is locked and checked again, the function is called, the
+/// class's `delete_with` rows (traces the function leaves, such as audit rows) are
+/// deleted, and the ledger counts one. Returns whether it stopped early on cancellation.
+#[allow(clippy::too_many_arguments)]
+async fn purge_pass(
+    cfg: &Config,
+    db: &Db,
+    run_id: i64,
+    class: &ClassDef,
+    b: &Bindings,
+    lo: i64,
+    hi: i64,
+    cancel: &CancellationToken,
+) -> Result<bool, DbError> {
+    let Some(call) = &class.purge else {
+        return Err(DbError::Schema(format!(
+            "classes.{}: action purge without a purge function",
+            class.name
+        )));
+    };
+    let step = i64::from(cfg.safety.batch_size);
+    let mut from = lo;
+    while from <= hi {
+        if cancel.is_cancelled() {
+            return Ok(true);
+        }
+        let to = from.saturating_add(step);
+        // Read without locks: each row is locked in its own transaction below.
+        let keys = {
+            let mut tx = db.begin().await?;
+            let keys = tx
+                .fetch_i64s(&sql::eligible_keys_query(class, b, from, to))
+                .await?;
+            drop(tx);
+            keys
+        };
+        for k in keys {
+            if cancel.is_cancelled() {
+                return Ok(true);
+            }
+            let mut tx = db.begin().await?;
+            let still = tx
+                .fetch_i64s(&sql::batch_keys_query(class, b, k, k.saturating_add(1)))
+                .await?;
+            if still.is_empty() {
+                // No longer eligible (a new checkout, a hold): left alone.
+                drop(tx);
+                continue;
+            }
+            tx.execute(&sql::purge_statement(call, k, b.backend))
+                .await?;
+            for dep in &class.delete_with {
+                tx.execute(&sql::delete_dependent_statement(dep, &[k]))
+                    .await?;
+            }
+            ledger::add_batch(&mut tx, run_id, &class.name, 1).await?;
+            tx.commit().await?;
+        }
+        tracing::debug!(run_id, class = %class.name, "purge range committed");
+        if to > hi {
+            break;
+        }
+        // Skip any gap in the key space with one index lookup.
+        let next = db
+            .read_row_i64(&sql::next_key_query(class, to, b.backend))
+            .await?;
+        match next.first().copied().flatten() {
+            Some(k) if k > from => from = k,
+            _ => break,
+        }
     }
     Ok(false)
 }

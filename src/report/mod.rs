@@ -254,6 +254,8 @@ fn action_words(action: Action, mode: Mode) -> &'static str {
         (Action::Delete, Mode::Enforce) => "deleted",
         (Action::Anonymize, Mode::DryRun) => "would be anonymized",
         (Action::Delete, Mode::DryRun) => "would be deleted",
+        (Action::Purge, Mode::Enforce) => "purged",
+        (Action::Purge, Mode::DryRun) => "would be purged",
     }
 }
 
@@ -342,6 +344,8 @@ fn change_phrase<'a>(
                 (Action::Delete, false) => "deleted",
                 (Action::Anonymize, true) => "would have been anonymized",
                 (Action::Delete, true) => "would have been deleted",
+                (Action::Purge, false) => "purged",
+                (Action::Purge, true) => "would have been purged",
             };
             format!("{} {verb}", records(n, patron))
         })
