@@ -54,6 +54,40 @@ impl DbError {
     }
 }
 
+/// Whether an error is worth trying again after a pause: the connection was lost or
+/// could not be had (I/O, pool timeout, TLS), the server is shutting down or restarting,
+/// or the statement lost a deadlock or a lock wait. Anything else (a constraint, a
+/// syntax or schema error) fails at once: trying again would fail the same way.
+///
+/// Codes: MySQL/MariaDB 1205 (lock wait timeout), 1213 (deadlock), 2006/2013 (server
+/// gone, lost connection), 1053 (server shutdown); PostgreSQL SQLSTATE class 08
+/// (connection exception), 40001 (serialization failure), 40P01 (deadlock), 57P01–57P03
+/// (admin/crash shutdown, cannot connect now); SQLite 5 and 6 (busy, locked).
+pub fn is_transient(e: &DbError) -> bool {
+    match e {
+        DbError::Connect { .. } => true,
+        DbError::Query(q) => match q {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            sqlx::Error::Database(d) => {
+                let code = d.code().map(|c| c.to_string()).unwrap_or_default();
+                matches!(
+                    code.as_str(),
+                    "1205" | "1213" | "2006" | "2013" | "1053" | "40001" | "40P01" | "57P01"
+                        | "57P02" | "57P03" | "5" | "6"
+                ) || code.starts_with("08")
+                    // MariaDB reports codes as SQLSTATE too: 40001 for a deadlock,
+                    // HY000 with 1205 in the message for a lock wait timeout.
+                    || d.message().contains("Lock wait timeout")
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// A pool for one backend.
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -651,6 +685,16 @@ impl Db {
     pub async fn read_row_i64<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<Option<i64>>, DbError> {
         let mut tx = self.begin_read().await?;
         tx.fetch_row_i64(stmt).await
+    }
+
+    /// Runs a read-only query whose first column is a 64-bit integer: that column of
+    /// every row (NULLs skipped).
+    ///
+    /// # Errors
+    /// [`DbError::Query`].
+    pub async fn read_i64s<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<i64>, DbError> {
+        let mut tx = self.begin_read().await?;
+        tx.fetch_i64s(stmt).await
     }
 
     /// The database server's clock, UTC; `None` for SQLite (same host as Lethe).

@@ -71,6 +71,49 @@ pub fn safe_db_message(e: &DbError) -> String {
     out
 }
 
+/// How many times a batch that failed with a transient error (connection lost, deadlock,
+/// lock wait timeout, server shutting down) is tried again before the class fails.
+pub const BATCH_RETRIES: u32 = 5;
+
+/// The pause before retry `attempt` (1-based): 0.5 s, 1 s, 2 s, 4 s, 8 s (15.5 s in all,
+/// enough for a server restart or a failover; a longer outage fails the run, and the
+/// next scheduled run finishes the work).
+pub fn retry_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(500u64 << attempt.saturating_sub(1).min(6))
+}
+
+/// Runs `$call` (an async expression giving `Result<T, DbError>`) again after a
+/// transient error, with [`retry_backoff`] pauses, up to [`BATCH_RETRIES`] times; a
+/// cancellation during a pause ends the pass as interrupted. Evaluates to `T`, or
+/// returns the error from the enclosing function.
+macro_rules! retrying {
+    ($run_id:expr, $class:expr, $cancel:expr, $call:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            match $call.await {
+                Ok(v) => break v,
+                Err(e) if crate::db::is_transient(&e) && attempt < BATCH_RETRIES => {
+                    attempt += 1;
+                    let pause = retry_backoff(attempt);
+                    tracing::warn!(
+                        run_id = $run_id,
+                        class = %$class.name,
+                        attempt,
+                        pause_ms = pause.as_millis() as u64,
+                        error = %safe_db_message(&e),
+                        "transient database error: trying the batch again"
+                    );
+                    tokio::select! {
+                        _ = $cancel.cancelled() => return Ok(true),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }};
+}
+
 /// What a class's SQL needs from the database, read once per run.
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {
@@ -837,61 +880,116 @@ async fn pass(
             return Ok(true);
         }
         let to = from.saturating_add(step);
-        let mut tx = db.begin().await?;
-        let keys = tx
-            .fetch_i64s(&sql::batch_keys_query(class, b, from, to))
-            .await?;
-        if keys.is_empty() {
-            drop(tx);
-            // Skip any gap in the key space with one index lookup.
-            let next = db
-                .read_row_i64(&sql::next_key_query(class, to, b.backend))
-                .await?;
-            match next.first().copied().flatten() {
-                Some(k) if k > from => from = k,
-                _ => break,
+        let changed = retrying!(run_id, class, cancel, batch(db, run_id, class, b, from, to));
+        match changed {
+            Some(changed) => {
+                tracing::debug!(run_id, class = %class.name, changed, "batch committed");
+                from = to;
             }
-            continue;
-        }
-        let changed = match class.action {
-            Action::Anonymize => {
-                tx.execute(&sql::anonymize_statement(class, b, &keys))
-                    .await?
-            }
-            // `pass` hands purge classes to `purge_pass` above.
-            Action::Purge => 0,
-            Action::Delete => {
-                let n = tx.execute(&sql::delete_statement(class, b, &keys)).await?;
-                if !class.delete_with.is_empty() {
-                    let deleted = if n as usize == keys.len() {
-                        keys.clone()
-                    } else {
-                        // Some rows stopped being eligible between select and delete:
-                        // only the rows really deleted lose their dependents.
-                        let still = tx
-                            .fetch_i64s(&sql::existing_keys_query(class, &keys, b.backend))
-                            .await?;
-                        keys.iter()
-                            .copied()
-                            .filter(|k| !still.contains(k))
-                            .collect()
-                    };
-                    if !deleted.is_empty() {
-                        for dep in &class.delete_with {
-                            tx.execute(&sql::delete_dependent_statement(dep, &deleted))
-                                .await?;
-                        }
-                    }
+            None => {
+                // Nothing eligible in the range: skip any gap in the key space with
+                // one index lookup.
+                let next = retrying!(
+                    run_id,
+                    class,
+                    cancel,
+                    db.read_row_i64(&sql::next_key_query(class, to, b.backend))
+                );
+                match next.first().copied().flatten() {
+                    Some(k) if k > from => from = k,
+                    _ => break,
                 }
-                n
             }
-        };
-        ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
-        tx.commit().await?;
-        tracing::debug!(run_id, class = %class.name, changed, "batch committed");
-        from = to;
+        }
     }
     Ok(false)
+}
+
+/// One batch transaction over the keys in `[from, to)`: select the eligible keys
+/// (locked), change them, add the count to the ledger, commit. `None` when no key in
+/// the range is eligible (nothing written). Safe to run again after any error: a batch
+/// that committed is no longer eligible, and its ledger count committed with it.
+async fn batch(
+    db: &Db,
+    run_id: i64,
+    class: &ClassDef,
+    b: &Bindings,
+    from: i64,
+    to: i64,
+) -> Result<Option<u64>, DbError> {
+    let mut tx = db.begin().await?;
+    let keys = tx
+        .fetch_i64s(&sql::batch_keys_query(class, b, from, to))
+        .await?;
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let changed = match class.action {
+        Action::Anonymize => {
+            tx.execute(&sql::anonymize_statement(class, b, &keys))
+                .await?
+        }
+        // `pass` hands purge classes to `purge_pass`.
+        Action::Purge => 0,
+        Action::Delete => {
+            let n = tx.execute(&sql::delete_statement(class, b, &keys)).await?;
+            if !class.delete_with.is_empty() {
+                let deleted = if n as usize == keys.len() {
+                    keys.clone()
+                } else {
+                    // Some rows stopped being eligible between select and delete:
+                    // only the rows really deleted lose their dependents.
+                    let still = tx
+                        .fetch_i64s(&sql::existing_keys_query(class, &keys, b.backend))
+                        .await?;
+                    keys.iter()
+                        .copied()
+                        .filter(|k| !still.contains(k))
+                        .collect()
+                };
+                if !deleted.is_empty() {
+                    for dep in &class.delete_with {
+                        tx.execute(&sql::delete_dependent_statement(dep, &deleted))
+                            .await?;
+                    }
+                }
+            }
+            n
+        }
+    };
+    ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
+    tx.commit().await?;
+    Ok(Some(changed))
+}
+
+/// Purges one row in its own transaction: lock it and check it again, call the
+/// function, delete the class's `delete_with` rows for it, count one in the ledger.
+/// Returns whether the row was purged (false: no longer eligible, left alone).
+async fn purge_one(
+    db: &Db,
+    run_id: i64,
+    class: &ClassDef,
+    call: &crate::config::PurgeCall,
+    b: &Bindings,
+    k: i64,
+) -> Result<bool, DbError> {
+    let mut tx = db.begin().await?;
+    let still = tx
+        .fetch_i64s(&sql::batch_keys_query(class, b, k, k.saturating_add(1)))
+        .await?;
+    if still.is_empty() {
+        // No longer eligible (a new checkout, a hold): left alone.
+        return Ok(false);
+    }
+    tx.execute(&sql::purge_statement(call, k, b.backend))
+        .await?;
+    for dep in &class.delete_with {
+        tx.execute(&sql::delete_dependent_statement(dep, &[k]))
+            .await?;
+    }
+    ledger::add_batch(&mut tx, run_id, &class.name, 1).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// A pass of a purge class: the eligible keys of each range are read, then each row is
@@ -925,44 +1023,34 @@ async fn purge_pass(
         }
         let to = from.saturating_add(step);
         // Read without locks: each row is locked in its own transaction below.
-        let keys = {
-            let mut tx = db.begin().await?;
-            let keys = tx
-                .fetch_i64s(&sql::eligible_keys_query(class, b, from, to))
-                .await?;
-            drop(tx);
-            keys
-        };
+        let keys = retrying!(
+            run_id,
+            class,
+            cancel,
+            db.read_i64s(&sql::eligible_keys_query(class, b, from, to))
+        );
         for k in keys {
             if cancel.is_cancelled() {
                 return Ok(true);
             }
-            let mut tx = db.begin().await?;
-            let still = tx
-                .fetch_i64s(&sql::batch_keys_query(class, b, k, k.saturating_add(1)))
-                .await?;
-            if still.is_empty() {
-                // No longer eligible (a new checkout, a hold): left alone.
-                drop(tx);
-                continue;
-            }
-            tx.execute(&sql::purge_statement(call, k, b.backend))
-                .await?;
-            for dep in &class.delete_with {
-                tx.execute(&sql::delete_dependent_statement(dep, &[k]))
-                    .await?;
-            }
-            ledger::add_batch(&mut tx, run_id, &class.name, 1).await?;
-            tx.commit().await?;
+            retrying!(
+                run_id,
+                class,
+                cancel,
+                purge_one(db, run_id, class, call, b, k)
+            );
         }
         tracing::debug!(run_id, class = %class.name, "purge range committed");
         if to > hi {
             break;
         }
         // Skip any gap in the key space with one index lookup.
-        let next = db
-            .read_row_i64(&sql::next_key_query(class, to, b.backend))
-            .await?;
+        let next = retrying!(
+            run_id,
+            class,
+            cancel,
+            db.read_row_i64(&sql::next_key_query(class, to, b.backend))
+        );
         match next.first().copied().flatten() {
             Some(k) if k > from => from = k,
             _ => break,
