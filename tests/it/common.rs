@@ -382,6 +382,11 @@ pub fn i(x: i64) -> V {
 }
 
 pub fn config_for(url: &str, extra: &str) -> Config {
+    config_with_profile(url, "koha", extra)
+}
+
+/// [`config_for`] with another profile (`evergreen`, `none`).
+pub fn config_with_profile(url: &str, profile: &str, extra: &str) -> Config {
     // `safety:` and `report:` blocks in `extra` join the base ones.
     let mut safety = String::new();
     let mut report = String::new();
@@ -407,7 +412,7 @@ pub fn config_for(url: &str, extra: &str) -> Config {
          schedule:\n  cron: \"30 2 * * *\"\n  timezone: America/New_York\n\
          safety:\n  max_fraction: 1.0\n{safety}\
          report:\n  outbox: outbox\n{report}\
-         profile: koha\n{rest}"
+         profile: {profile}\n{rest}"
     );
     let dir = std::env::temp_dir();
     config::parse_str(&yaml, "test.yaml", &dir, &|_| None).unwrap_or_else(|e| panic!("{e}\n{yaml}"))
