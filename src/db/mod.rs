@@ -547,6 +547,13 @@ impl Db {
                     "classes.{}: purge function {} does not exist",
                     c.name, pc.function
                 ));
+            } else if backend == Backend::Postgres && self.purge_arg_types(pc).await?.is_none() {
+                problems.push(format!(
+                    "classes.{}: purge function {} takes no {} arguments (or has several forms that do)",
+                    c.name,
+                    pc.function,
+                    pc.args.len()
+                ));
             }
         }
         for f in &c.triggers {
@@ -577,6 +584,39 @@ impl Db {
             }
         }
         Ok(())
+    }
+
+    /// On PostgreSQL, the type names (`pg_type.typname`, e.g. `int4`) of the arguments
+    /// of the one form of the purge function that takes as many arguments as configured,
+    /// so that bound values can be cast to them (PostgreSQL does not turn a bound
+    /// `bigint` into an `integer` when it picks a function: Evergreen's
+    /// `actor.usr_delete(INT, INT)`). `None` when no such form, or several, exist. Other
+    /// backends: `Some` of an empty list (no casts).
+    ///
+    /// # Errors
+    /// [`DbError::Query`].
+    pub async fn purge_arg_types(
+        &self,
+        pc: &crate::config::PurgeCall,
+    ) -> Result<Option<Vec<String>>, DbError> {
+        let Db::Postgres(p) = self else {
+            return Ok(Some(Vec::new()));
+        };
+        let rows: Vec<Vec<String>> = sqlx::query_scalar(
+            "SELECT ARRAY(SELECT t.typname::text FROM unnest(p.proargtypes) WITH ORDINALITY AS a(oid, n) \
+                          JOIN pg_type t ON t.oid = a.oid ORDER BY a.n) \
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = COALESCE($1, current_schema()) AND p.proname = $2 AND p.pronargs = $3",
+        )
+        .bind(pc.function.schema.as_ref().map(|s| s.as_str().to_string()))
+        .bind(pc.function.name.as_str())
+        .bind(i16::try_from(pc.args.len()).unwrap_or(i16::MAX))
+        .fetch_all(p)
+        .await?;
+        Ok(match rows.as_slice() {
+            [one] if one.iter().all(|t| Ident::new(t).is_ok()) => Some(one.clone()),
+            _ => None,
+        })
     }
 
     /// The distinct non-NULL values of the first column of `stmt`'s rows, as text.

@@ -51,6 +51,8 @@ pub struct Bindings {
     pub backend: Backend,
     /// Cutoffs from patrons' own periods, for `patron_period` conditions.
     pub patron_cutoffs: PatronCutoffs,
+    /// PostgreSQL type names of the purge function's arguments (empty: no casts).
+    pub purge_arg_types: Arc<Vec<String>>,
 }
 
 /// A (schema-qualified) table name for sea-query.
@@ -515,11 +517,8 @@ pub fn oldest_eligible_query(class: &ClassDef, b: &Bindings) -> SelectStatement 
 /// `SELECT schema.function(args…)` for one row: the row's key and the configured values
 /// are bound. The function name is made of validated identifiers, quoted here for the
 /// backend (sea-query writes a custom function's name as given).
-pub fn purge_statement(
-    call: &crate::config::PurgeCall,
-    key: i64,
-    backend: Backend,
-) -> SelectStatement {
+pub fn purge_statement(call: &crate::config::PurgeCall, key: i64, b: &Bindings) -> SelectStatement {
+    let backend = b.backend;
     let q = |s: &str| match backend {
         Backend::MySql => format!("`{s}`"),
         _ => format!("\"{s}\""),
@@ -531,9 +530,16 @@ pub fn purge_statement(
     let args: Vec<Expr> = call
         .args
         .iter()
-        .map(|a| match a {
-            crate::config::PurgeArg::Key => Expr::val(key),
-            crate::config::PurgeArg::Value(v) => scalar(v),
+        .enumerate()
+        .map(|(i, a)| {
+            let v = match a {
+                crate::config::PurgeArg::Key => Expr::val(key),
+                crate::config::PurgeArg::Value(v) => scalar(v),
+            };
+            match b.purge_arg_types.get(i) {
+                Some(ty) => Func::cast_as(v, Alias::new(ty.as_str())).into(),
+                None => v,
+            }
         })
         .collect();
     let mut s = Query::select();

@@ -122,6 +122,8 @@ pub struct Prepared {
     /// The distinct values patrons stored for each `patron_period` source
     /// ([`crate::config::PatronPeriod::key`]).
     pub patron_periods: HashMap<String, Vec<String>>,
+    /// Per purge class (by name): the argument types of its function, for casts.
+    pub purge_arg_types: HashMap<String, Vec<String>>,
 }
 
 /// Most distinct values read for one patron-period setting. The OPAC offers a short
@@ -191,9 +193,17 @@ pub async fn prepare(cfg: &Config, db: &Db) -> Result<Prepared, EngineError> {
         }
         patron_periods.insert(pp.key(), values);
     }
+    let mut purge_arg_types = HashMap::new();
+    for class in &cfg.classes {
+        if let Some(pc) = &class.purge {
+            let types = db.purge_arg_types(pc).await?.unwrap_or_default();
+            purge_arg_types.insert(class.name.clone(), types);
+        }
+    }
     Ok(Prepared {
         anonymous_patron,
         patron_periods,
+        purge_arg_types,
     })
 }
 
@@ -275,6 +285,12 @@ fn bindings(
         anonymous_patron: p.anonymous_patron,
         backend: db.backend(),
         patron_cutoffs: std::sync::Arc::new(patron_cutoffs),
+        purge_arg_types: std::sync::Arc::new(
+            p.purge_arg_types
+                .get(&class.name)
+                .cloned()
+                .unwrap_or_default(),
+        ),
     })
 }
 
@@ -981,8 +997,7 @@ async fn purge_one(
         // No longer eligible (a new checkout, a hold): left alone.
         return Ok(false);
     }
-    tx.execute(&sql::purge_statement(call, k, b.backend))
-        .await?;
+    tx.execute(&sql::purge_statement(call, k, b)).await?;
     for dep in &class.delete_with {
         tx.execute(&sql::delete_dependent_statement(dep, &[k]))
             .await?;
