@@ -75,6 +75,7 @@ async fn setting(db: &TestDb, usr: i64, name: &str, value: &str) {
 }
 
 /// A circulation of `usr` on `copy`; `finish` None = unfinished (still out or owed).
+#[allow(clippy::too_many_arguments)]
 async fn circ(
     db: &TestDb,
     id: i64,
