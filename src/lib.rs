@@ -14,6 +14,7 @@ pub mod demo;
 pub mod engine;
 pub mod job;
 pub mod ledger;
+pub mod legal_hold;
 pub mod policy;
 pub mod publish;
 pub mod report;

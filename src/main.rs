@@ -104,11 +104,44 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Legal holds: keep every record of one patron while a court order or an
+    /// investigation requires it (recorded in the ledger).
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
     /// Create the demo library (SQLite) if absent, then run once on it.
     Demo {
         /// Folder of the demo library and its outbox.
         #[arg(long, default_value = "demo")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HoldCommand {
+    /// Place a hold: every class with a patron column keeps this patron's rows.
+    Add {
+        /// The library system's patron id (Koha borrowernumber, Evergreen actor.usr.id).
+        #[arg(long)]
+        patron: i64,
+        /// A docket or reference number (stored in the ledger; not a name).
+        #[arg(long = "case")]
+        case_ref: String,
+    },
+    /// The open holds (with --all, released ones too).
+    List {
+        /// Include released holds.
+        #[arg(long)]
+        all: bool,
+        /// One JSON array on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a hold: the patron's rows follow the policy again from the next run.
+    Release {
+        /// The hold's id.
+        id: i64,
     },
 }
 
@@ -192,6 +225,7 @@ async fn main() -> ExitCode {
         } => run(&cli.config, *once, *json, *allow_large).await,
         Command::Demo { dir } => demo_cmd(&cli.config, dir).await,
         Command::Ledger { command } => ledger_cmd(&cli.config, command).await,
+        Command::Hold { command } => hold_cmd(&cli.config, command).await,
         Command::Verify { json } => verify_cmd(&cli.config, *json).await,
         Command::Policy { format } => match load(&cli.config) {
             Ok(cfg) => {
@@ -789,6 +823,72 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
             Ok(0)
         }
     }
+}
+
+async fn hold_cmd(path: &Path, command: &HoldCommand) -> u8 {
+    use lethe::legal_hold::{self, HoldError};
+    let (_cfg, db) = match load_and_connect(path).await {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let fail = |e: HoldError| match e {
+        HoldError::Db(d) => engine_exit(&d.into()),
+        other => {
+            eprintln!("lethe: {other}");
+            2
+        }
+    };
+    let code = match command {
+        HoldCommand::Add { patron, case_ref } => {
+            match legal_hold::place(&db, *patron, case_ref).await {
+                Ok((id, entry)) => {
+                    out!(
+                        "legal hold {id} placed (ledger entry {entry}): from the next run, every class with a patron column keeps this patron's rows"
+                    );
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        HoldCommand::Release { id } => match legal_hold::release(&db, *id).await {
+            Ok(entry) => {
+                out!(
+                    "legal hold {id} released (ledger entry {entry}): the patron's rows follow the policy again from the next run"
+                );
+                0
+            }
+            Err(e) => fail(e),
+        },
+        HoldCommand::List { all, json } => match legal_hold::list(&db, *all).await {
+            Ok(holds) if *json => {
+                out!("{}", serde_json::to_string(&holds).unwrap_or_default());
+                0
+            }
+            Ok(holds) => {
+                out!(
+                    "{:>4}  {:>10}  {:<24}  {:<27}  released",
+                    "id",
+                    "patron",
+                    "case",
+                    "placed"
+                );
+                for h in &holds {
+                    out!(
+                        "{:>4}  {:>10}  {:<24}  {:<27}  {}",
+                        h.id,
+                        h.patron,
+                        h.case_ref,
+                        h.placed_at,
+                        h.released_at.as_deref().unwrap_or("-")
+                    );
+                }
+                0
+            }
+            Err(e) => fail(HoldError::Db(e)),
+        },
+    };
+    db.close().await;
+    code
 }
 
 async fn verify_cmd(path: &Path, json: bool) -> u8 {

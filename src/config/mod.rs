@@ -321,6 +321,10 @@ pub enum Condition {
         /// Tests one row of the chain must meet.
         filter: Vec<ColumnTest>,
     },
+    /// An open legal hold (`lethe hold add`, table `lethe_legal_holds`) names the patron
+    /// in this column of the row. Added by Lethe to every class with a `patron:` column,
+    /// with reason `legal_hold`.
+    LegalHold(Ident),
     /// The row's age is older than the period its patron chose in a setting row (Evergreen
     /// `actor.usr_setting` `history.circ.retention_age`). Settings whose value Lethe
     /// cannot read as a period never match (the row is kept: fail safe).
@@ -462,6 +466,9 @@ pub struct ClassDef {
     pub triggers: Vec<TableName>,
     /// Conditions marking a row the action has already handled (purge leaves the row).
     pub purged: Vec<Condition>,
+    /// The row's patron column, if it has one: open legal holds on that patron keep
+    /// the row.
+    pub patron: Option<Ident>,
 }
 
 /// Where the anonymous patron's id is read from.
@@ -1568,6 +1575,13 @@ impl Validator<'_> {
                 exempt.push((r, cd));
             }
         }
+        let patron = match c.patron.as_deref() {
+            Some(col) => self.ident(&format!("{p}.patron"), Some(col)),
+            None => None,
+        };
+        if let Some(col) = &patron {
+            exempt.push((Reason::LegalHold, Condition::LegalHold(col.clone())));
+        }
         exempt.sort_by_key(|(r, _)| *r);
         let mut delete_with = Vec::new();
         for (i, d) in c.delete_with.as_deref().unwrap_or(&[]).iter().enumerate() {
@@ -1609,6 +1623,7 @@ impl Validator<'_> {
             purge,
             triggers,
             purged: purged?.into_iter().map(resolve).collect(),
+            patron,
             key,
         })
     }
@@ -1947,7 +1962,17 @@ fn merge_class(base: &mut RawClass, over: RawClass) {
             .get_or_insert_with(Default::default)
             .extend(more);
     }
-    take!(description, enabled, table, key, age, retain, action, purge);
+    take!(
+        description,
+        enabled,
+        table,
+        key,
+        age,
+        retain,
+        action,
+        purge,
+        patron
+    );
     extend!(scope, immediate, exempt, delete_with, triggers, purged);
 }
 

@@ -153,6 +153,9 @@ pub struct RawClass {
     /// no foreign key to this one). For purge: rows of other tables deleted after the
     /// purge function, in the same transaction (traces it leaves, such as audit rows).
     pub delete_with: Option<Vec<RawDependent>>,
+    /// The row's column holding the patron (the library system's patron id, or the key
+    /// for a table of patrons): an open Lethe legal hold on that patron keeps the row.
+    pub patron: Option<String>,
     /// For action purge: the database function called once per row.
     pub purge: Option<RawPurge>,
     /// Functions that enabled triggers on the class's table must call (PostgreSQL);

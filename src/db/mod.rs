@@ -838,6 +838,7 @@ fn collect_condition_columns(
             }
         }
         Condition::Not(x) => collect_condition_columns(c, ctx, x, out),
+        Condition::LegalHold(col) => out.push((ctx_s, c.table.clone(), col.clone())),
         Condition::Chain { parent, filter } => {
             out.push((ctx_s.clone(), c.table.clone(), parent.clone()));
             for f in filter {

@@ -53,6 +53,9 @@ pub struct Bindings {
     pub patron_cutoffs: PatronCutoffs,
     /// PostgreSQL type names of the purge function's arguments (empty: no casts).
     pub purge_arg_types: Arc<Vec<String>>,
+    /// Whether Lethe's legal-hold table exists yet (created by the first run's
+    /// migration; before it, no hold can exist).
+    pub legal_holds: bool,
 }
 
 /// A (schema-qualified) table name for sea-query.
@@ -152,6 +155,20 @@ pub fn condition(class: &ClassDef, c: &Condition, b: &Bindings) -> SqCond {
         Condition::Not(x) => Cond::all().add(condition(class, x, b).not()),
         Condition::Chain { parent, filter } => chain_condition(class, parent, filter),
         Condition::PatronPeriod(pp) => patron_period_condition(class, pp, b),
+        Condition::LegalHold(col) => {
+            if !b.legal_holds {
+                return Cond::all().add(Expr::val(1).eq(0));
+            }
+            let mut sub = Query::select();
+            sub.expr(Expr::val(1))
+                .from_as(Alias::new("lethe_legal_holds"), Alias::new(OTHER))
+                .and_where(
+                    Expr::col((Alias::new(OTHER), Alias::new("patron")))
+                        .eq(tcol(&class.table, col)),
+                )
+                .and_where(Expr::col((Alias::new(OTHER), Alias::new("released_at"))).is_null());
+            Cond::all().add(Expr::exists(sub))
+        }
     }
 }
 

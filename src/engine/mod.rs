@@ -124,6 +124,8 @@ pub struct Prepared {
     pub patron_periods: HashMap<String, Vec<String>>,
     /// Per purge class (by name): the argument types of its function, for casts.
     pub purge_arg_types: HashMap<String, Vec<String>>,
+    /// Whether Lethe's legal-hold table exists.
+    pub legal_holds: bool,
 }
 
 /// Most distinct values read for one patron-period setting. The OPAC offers a short
@@ -200,10 +202,14 @@ pub async fn prepare(cfg: &Config, db: &Db) -> Result<Prepared, EngineError> {
             purge_arg_types.insert(class.name.clone(), types);
         }
     }
+    let holds_table =
+        crate::config::TableName::new("lethe_legal_holds").map_err(DbError::Schema)?;
+    let legal_holds = !db.columns(&holds_table).await?.is_empty();
     Ok(Prepared {
         anonymous_patron,
         patron_periods,
         purge_arg_types,
+        legal_holds,
     })
 }
 
@@ -291,6 +297,7 @@ fn bindings(
                 .cloned()
                 .unwrap_or_default(),
         ),
+        legal_holds: p.legal_holds,
     })
 }
 
@@ -584,6 +591,7 @@ fn condition_json(c: &Condition) -> serde_json::Value {
             serde_json::json!({ "any": list.iter().map(condition_json).collect::<Vec<_>>() })
         }
         Condition::Not(x) => serde_json::json!({ "not": condition_json(x) }),
+        Condition::LegalHold(col) => serde_json::json!({ "legal_hold": col.as_str() }),
         Condition::Chain { parent, filter } => serde_json::json!({
             "chain": { "parent": parent.as_str(), "where": filter.iter().map(test_json).collect::<Vec<_>>() }
         }),

@@ -48,7 +48,8 @@ pub struct LedgerClass {
 pub struct LedgerEntry {
     /// Entry id (increasing).
     pub id: i64,
-    /// `run`, or `config-change`: the effective policy changed since the previous entry.
+    /// `run`; `config-change`: the effective policy changed since the previous entry;
+    /// `legal-hold`: a legal hold was placed or released.
     pub kind: String,
     /// Host that ran it.
     pub host: String,
@@ -68,6 +69,11 @@ pub struct LedgerEntry {
     pub policy: String,
     /// Why the run failed, if it did.
     pub error: Option<String>,
+    /// For a `legal-hold` entry: the event as canonical JSON (`{"action":"placed",
+    /// "case":…, "hold":…}`; never the patron). Absent for other entries, so that the
+    /// hashes of entries written before this field existed are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
     /// Per class.
     pub classes: Vec<LedgerClass>,
     /// Hash of the previous sealed entry; `None` for the first.

@@ -78,6 +78,7 @@ pub async fn record_policy_change(
     let mut last = Query::select();
     last.column(t("policy_sha256"))
         .from(t("lethe_runs"))
+        .and_where(Expr::col(t("kind")).ne("legal-hold"))
         .order_by(t("id"), Order::Desc)
         .limit(1);
     let mut tx = db.begin().await?;
@@ -119,6 +120,50 @@ pub async fn record_policy_change(
     seal(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Some((id, previous)))
+}
+
+/// Appends a `legal-hold` entry to the chain inside the caller's transaction (the one
+/// that places or releases the hold, so that the hold and its entry commit together).
+/// `status` is `placed` or `released`; `event` is canonical JSON without the patron.
+///
+/// # Errors
+/// [`DbError`].
+pub async fn record_legal_hold_event(
+    tx: &mut Tx,
+    status: &str,
+    event: &str,
+) -> Result<i64, DbError> {
+    let now = rfc3339(Utc::now());
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let mut ins = Query::insert();
+    ins.into_table(t("lethe_runs"))
+        .columns([
+            t("kind"),
+            t("host"),
+            t("version"),
+            t("mode"),
+            t("started_at"),
+            t("finished_at"),
+            t("status"),
+            t("policy_sha256"),
+            t("policy"),
+            t("event"),
+        ])
+        .values_panic([
+            "legal-hold".into(),
+            host.into(),
+            env!("CARGO_PKG_VERSION").into(),
+            "-".into(),
+            now.clone().into(),
+            now.into(),
+            status.into(),
+            hex::encode(Sha256::digest(b"")).into(),
+            String::new().into(),
+            event.to_string().into(),
+        ]);
+    let id = tx.insert_returning_id(&mut ins).await?;
+    seal(tx, id).await?;
+    Ok(id)
 }
 
 /// Marks runs left `running` (their worker died: power loss, SIGKILL) as `interrupted`
@@ -324,7 +369,7 @@ async fn seal(tx: &mut Tx, run_id: i64) -> Result<(), DbError> {
     Ok(())
 }
 
-const RUN_COLUMNS: [&str; 13] = [
+const RUN_COLUMNS: [&str; 14] = [
     "id",
     "kind",
     "host",
@@ -338,6 +383,7 @@ const RUN_COLUMNS: [&str; 13] = [
     "error",
     "prev_hash",
     "hash",
+    "event",
 ];
 
 const CLASS_COLUMNS: [&str; 15] = [
@@ -421,6 +467,7 @@ async fn load_entries(
                 policy_sha256: r[8].text().unwrap_or_default(),
                 policy: r[9].text().unwrap_or_default(),
                 error: r[10].text(),
+                event: r[13].text(),
                 classes: classes.remove(&id).unwrap_or_default(),
                 prev_hash: r[11].text(),
                 hash: r[12].text(),

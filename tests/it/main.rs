@@ -11,6 +11,7 @@ mod daemon;
 mod engine;
 mod evergreen;
 mod ledger;
+mod legal_hold;
 mod publish;
 mod realistic;
 mod report;
