@@ -9,6 +9,7 @@ mod crash;
 mod daemon;
 #[macro_use]
 mod engine;
+mod evergreen_fixture;
 mod ledger;
 mod publish;
 mod realistic;
