@@ -19,6 +19,8 @@
 //! dates. E-mail addresses use the reserved `example.*` domains and phone
 //! numbers the fictional 555-01xx range.
 
+pub mod evergreen;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 

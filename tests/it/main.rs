@@ -1,5 +1,5 @@
 //! Lethe's integration tests: one test binary (STYLE.md), real SQLite files, the
-//! MariaDB server on this machine, a real SMTP server process.
+//! MariaDB and PostgreSQL servers on this machine, a real SMTP server process.
 
 #[macro_use]
 mod common;
@@ -10,6 +10,7 @@ mod daemon;
 #[macro_use]
 mod engine;
 mod evergreen;
+mod evergreen_fixture;
 mod ledger;
 mod legal_hold;
 mod publish;
