@@ -358,6 +358,17 @@ impl PatronPeriod {
     }
 }
 
+/// Staff-side columns rewritten before the action where they hold the row's own patron.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unlink {
+    /// The columns.
+    pub columns: Vec<Ident>,
+    /// The chain's parent column: the rows before the row in its chain are rewritten too.
+    pub chain: Option<Ident>,
+    /// The value written.
+    pub value: Scalar,
+}
+
 /// A purge function called once per row, in its own transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PurgeCall {
@@ -469,6 +480,8 @@ pub struct ClassDef {
     /// The row's patron column, if it has one: open legal holds on that patron keep
     /// the row.
     pub patron: Option<Ident>,
+    /// Columns rewritten before the action where they hold the row's patron.
+    pub unlink: Option<Unlink>,
 }
 
 /// Where the anonymous patron's id is read from.
@@ -1582,6 +1595,42 @@ impl Validator<'_> {
         if let Some(col) = &patron {
             exempt.push((Reason::LegalHold, Condition::LegalHold(col.clone())));
         }
+        let unlink = match &c.unlink {
+            None => None,
+            Some(u) => {
+                let up = format!("{p}.unlink");
+                if patron.is_none() {
+                    self.err(&up, "needs the class's patron: column (the value to look for)");
+                }
+                if action != Some(Action::Delete) {
+                    self.err(&up, "only for action delete");
+                }
+                let mut columns = Vec::new();
+                for (i, col) in u.columns.as_deref().unwrap_or(&[]).iter().enumerate() {
+                    if let Some(id) = self.ident(&format!("{up}.columns[{i}]"), Some(col)) {
+                        columns.push(id);
+                    }
+                }
+                if columns.is_empty() {
+                    self.err(&format!("{up}.columns"), "needs at least one column");
+                }
+                let chain = match u.chain.as_deref() {
+                    Some(col) => self.ident(&format!("{up}.chain"), Some(col)),
+                    None => None,
+                };
+                match &u.set_value {
+                    Some(v) => Some(Unlink {
+                        columns,
+                        chain,
+                        value: scalar(v),
+                    }),
+                    None => {
+                        self.err(&up, "missing: set_value");
+                        None
+                    }
+                }
+            }
+        };
         exempt.sort_by_key(|(r, _)| *r);
         let mut delete_with = Vec::new();
         for (i, d) in c.delete_with.as_deref().unwrap_or(&[]).iter().enumerate() {
@@ -1624,6 +1673,7 @@ impl Validator<'_> {
             triggers,
             purged: purged?.into_iter().map(resolve).collect(),
             patron,
+            unlink,
             key,
         })
     }

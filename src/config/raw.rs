@@ -156,6 +156,11 @@ pub struct RawClass {
     /// The row's column holding the patron (the library system's patron id, or the key
     /// for a table of patrons): an open Lethe legal hold on that patron keeps the row.
     pub patron: Option<String>,
+    /// Before the action, in the same transaction: where these columns of the row (and
+    /// of the rows before it in its chain) hold the row's own patron, they are set to a
+    /// fixed value (Evergreen records an OPAC renewal's patron as its `circ_staff`, and
+    /// aging copies it into `action.aged_circulation`).
+    pub unlink: Option<RawUnlink>,
     /// For action purge: the database function called once per row.
     pub purge: Option<RawPurge>,
     /// Functions that enabled triggers on the class's table must call (PostgreSQL);
@@ -164,6 +169,18 @@ pub struct RawClass {
     /// Conditions that mark a row the action has already handled (for purge: the row
     /// stays, scrubbed). `verify` counts `delete_with` rows still linked to such rows.
     pub purged: Option<Vec<RawCondition>>,
+}
+
+/// `unlink:` of a class.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUnlink {
+    /// The columns that may hold the patron.
+    pub columns: Option<Vec<String>>,
+    /// The column pointing to the previous row of the chain, if rows form chains.
+    pub chain: Option<String>,
+    /// The value written instead (e.g. Evergreen's administrator, user 1).
+    pub set_value: Option<RawScalar>,
 }
 
 /// `purge:` of a class: `{ function: schema.name, args: [key, { value: 1 }] }`.

@@ -788,6 +788,14 @@ fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>
     for d in &c.delete_with {
         out.push((ctx.clone(), d.table.clone(), d.column.clone()));
     }
+    if let Some(p) = &c.patron {
+        out.push((ctx.clone(), c.table.clone(), p.clone()));
+    }
+    if let Some(u) = &c.unlink {
+        for col in u.columns.iter().chain(u.chain.iter()) {
+            out.push((ctx.clone(), c.table.clone(), col.clone()));
+        }
+    }
 }
 
 /// Whether any condition of the class is a chain condition.

@@ -600,3 +600,63 @@ pub fn traces_query(
         .and_where(Expr::exists(inner));
     q
 }
+
+/// For a class with `unlink:`: one `UPDATE table SET col = value WHERE col = patron AND
+/// key IN (<keys, and with a chain the rows before them: WITH RECURSIVE … UNION>)` per
+/// column, run in the batch's transaction before the delete.
+pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement> {
+    let (Some(u), Some(patron)) = (&class.unlink, &class.patron) else {
+        return Vec::new();
+    };
+    let targets: Expr = match &u.chain {
+        None => Expr::val(0).eq(0),
+        Some(parent) => {
+            let mut anchor = Query::select();
+            anchor
+                .expr_as(
+                    Expr::col(Alias::new(class.key.as_str())),
+                    Alias::new(CHAIN_ID),
+                )
+                .expr_as(Expr::col(Alias::new(parent.as_str())), Alias::new(CHAIN_PARENT))
+                .from(table_ref(&class.table))
+                .and_where(Expr::col(Alias::new(class.key.as_str())).is_in(keys.iter().copied()));
+            let mut step = Query::select();
+            step.expr(Expr::col((Alias::new(PREV), Alias::new(class.key.as_str()))))
+                .expr(Expr::col((Alias::new(PREV), Alias::new(parent.as_str()))))
+                .from_as(table_ref(&class.table), Alias::new(PREV))
+                .inner_join(
+                    Alias::new(CHAIN),
+                    Expr::col((Alias::new(PREV), Alias::new(class.key.as_str())))
+                        .equals((Alias::new(CHAIN), Alias::new(CHAIN_PARENT))),
+                );
+            anchor.union(UnionType::Distinct, step);
+            let cte = CommonTableExpression::new()
+                .query(anchor)
+                .columns([Alias::new(CHAIN_ID), Alias::new(CHAIN_PARENT)])
+                .table_name(Alias::new(CHAIN))
+                .to_owned();
+            let mut last = Query::select();
+            last.column(Alias::new(CHAIN_ID)).from(Alias::new(CHAIN));
+            let with = WithClause::new().recursive(true).cte(cte).to_owned();
+            tcol(&class.table, &class.key).binary(
+                sea_query::BinOper::In,
+                Expr::SubQuery(None, Box::new(SubQueryStatement::WithStatement(with.query(last)))),
+            )
+        }
+    };
+    u.columns
+        .iter()
+        .map(|col| {
+            let mut up = Query::update();
+            up.table(table_ref(&class.table))
+                .value(Alias::new(col.as_str()), scalar(&u.value))
+                .and_where(tcol(&class.table, col).eq(tcol(&class.table, patron)));
+            if u.chain.is_some() {
+                up.and_where(targets.clone());
+            } else {
+                up.and_where(key_in(class, keys));
+            }
+            up
+        })
+        .collect()
+}

@@ -657,6 +657,13 @@ pub fn policy_json(cfg: &Config) -> String {
                 if !c.triggers.is_empty() {
                     obj.insert("triggers".into(), serde_json::json!(c.triggers.iter().map(|t| t.to_string()).collect::<Vec<_>>()));
                 }
+                if let Some(u) = &c.unlink {
+                    obj.insert("unlink".into(), serde_json::json!({
+                        "columns": u.columns.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
+                        "chain": u.chain.as_ref().map(|x| x.as_str()),
+                        "set_value": scalar_json(&u.value),
+                    }));
+                }
                 if !c.purged.is_empty() {
                     obj.insert("purged".into(), serde_json::json!(c.purged.iter().map(condition_json).collect::<Vec<_>>()));
                 }
@@ -956,6 +963,9 @@ async fn batch(
         // `pass` hands purge classes to `purge_pass`.
         Action::Purge => 0,
         Action::Delete => {
+            for u in sql::unlink_statements(class, &keys) {
+                tx.execute(&u).await?;
+            }
             let n = tx.execute(&sql::delete_statement(class, b, &keys)).await?;
             if !class.delete_with.is_empty() {
                 let deleted = if n as usize == keys.len() {

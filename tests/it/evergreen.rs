@@ -477,3 +477,115 @@ async fn check_refuses_without_evergreens_aging_triggers() {
     assert!(err.contains("age_circ_on_delete"), "{err}");
     assert!(err.contains("refusing to run"), "{err}");
 }
+
+/// The issue's acceptance scenario: a realistic Evergreen library (the generator's
+/// standard population: 5,000 patrons, about 200,000 circulations with renewal chains,
+/// 40,000 holds, opt-in reading history, staff, audit rows), the expected outcome
+/// computed beforehand by hand-written SQL, then one run: exactly the eligible chains
+/// age (no patron id in the aged rows), exactly the eligible holds, reading history and
+/// patrons go, no audit trace remains; a second run changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_realistic_evergreen_library_is_enforced_exactly() {
+    use lethe::demo::evergreen::{populate, EvergreenOptions, CANARY};
+    let Some(db) = TestDb::postgres(&evergreen_ddl()).await else { return };
+    let Raw::Postgres(pool) = &db.raw else { unreachable!() };
+    let stats = populate(pool, &EvergreenOptions::standard(now().date_naive()))
+        .await
+        .unwrap();
+    assert!(stats.patrons >= 5000 && stats.circulations > 150_000, "{stats:?}");
+    let cut30 = "'2026-05-16 12:00:00+00'::timestamptz";
+    let cut2y = "'2024-06-15 12:00:00+00'::timestamptz";
+    let now_sql = "'2026-06-15 12:00:00+00'::timestamptz";
+    // Chains whose tail finished before the cutoff and with no unfinished member.
+    db.exec(&format!(
+        "CREATE TABLE public.expect_aged AS
+         WITH RECURSIVE tails AS (
+             SELECT c.id FROM action.circulation c
+             WHERE NOT EXISTS (SELECT 1 FROM action.circulation k WHERE k.parent_circ = c.id)
+               AND COALESCE(c.xact_finish, c.checkin_time) < {cut30}),
+         members(tail, id, parent) AS (
+             SELECT c.id, c.id, c.parent_circ FROM action.circulation c JOIN tails t ON t.id = c.id
+             UNION
+             SELECT m.tail, p.id, p.parent_circ FROM members m JOIN action.circulation p ON p.id = m.parent),
+         bad AS (SELECT DISTINCT m.tail FROM members m JOIN action.circulation c ON c.id = m.id
+                 WHERE c.xact_finish IS NULL)
+         SELECT m.tail, m.id, c.usr FROM members m JOIN action.circulation c ON c.id = m.id
+         WHERE m.tail NOT IN (SELECT tail FROM bad);
+         CREATE TABLE public.expect_holds AS
+         SELECT h.id FROM action.hold_request h
+         WHERE COALESCE(h.fulfillment_time, h.cancel_time) < {cut30}
+           AND NOT EXISTS (SELECT 1 FROM actor.usr_setting s WHERE s.usr = h.usr AND s.name = 'history.hold.retention_start');
+         CREATE TABLE public.expect_history AS
+         SELECT r.id FROM action.usr_circ_history r
+         WHERE NOT EXISTS (SELECT 1 FROM actor.usr_setting s WHERE s.usr = r.usr AND s.name = 'history.circ.retention_start')
+            OR EXISTS (SELECT 1 FROM actor.usr_setting s WHERE s.usr = r.usr AND s.name = 'history.circ.retention_age'
+                       AND r.xact_start < ((({now_sql}) AT TIME ZONE 'America/New_York')
+                                            - evergreen.oils_json_to_text(s.value)::interval) AT TIME ZONE 'America/New_York');
+         CREATE TABLE public.expect_patrons AS
+         SELECT u.id FROM actor.usr u
+         WHERE u.expire_date < {cut2y} AND u.usrname NOT LIKE '%-PURGED-%' AND NOT u.super_user
+           AND NOT EXISTS (SELECT 1 FROM money.billable_xact x WHERE x.usr = u.id AND x.xact_finish IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM action.hold_request h WHERE h.usr = u.id
+                           AND h.fulfillment_time IS NULL AND h.cancel_time IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM permission.usr_work_ou_map w WHERE w.usr = u.id);"
+    ))
+    .await;
+    let tails = db.int("SELECT COUNT(DISTINCT tail) FROM public.expect_aged").await.unwrap();
+    let members = db.count("public.expect_aged").await;
+    let holds = db.count("public.expect_holds").await;
+    let history = db.count("public.expect_history").await;
+    let patrons = db.count("public.expect_patrons").await;
+    assert!(tails > 1000 && members > tails && holds > 100 && history > 10 && patrons > 100,
+        "a scenario worth testing: {tails} {members} {holds} {history} {patrons}");
+    let staff_as_patron = db
+        .count("public.expect_aged e JOIN action.circulation c ON c.id = e.id WHERE c.circ_staff = e.usr OR c.checkin_staff = e.usr")
+        .await;
+    assert!(staff_as_patron > 0, "the generator records OPAC renewals with the patron as staff");
+    let aged_before = db.count("action.aged_circulation").await;
+
+    let cfg = eg_config(&db, "");
+    let run = run_at(&cfg, now(), true).await;
+    let c = class(&run, "circulation_history");
+    assert_eq!(c.affected as i64, tails, "{c:?}");
+    assert_eq!(db.count("action.aged_circulation").await, aged_before + members);
+    assert_eq!(db.count("public.expect_aged e JOIN action.aged_circulation a ON a.id = e.id").await, members);
+    assert_eq!(db.count("public.expect_aged e JOIN action.circulation c ON c.id = e.id").await, 0);
+    // No patron id in the aged rows: not as usr (no such column), not as staff.
+    assert_eq!(
+        db.count("public.expect_aged e JOIN action.aged_circulation a ON a.id = e.id WHERE a.circ_staff = e.usr OR a.checkin_staff = e.usr").await,
+        0
+    );
+    // Unfinished and recent chains stay.
+    assert!(db.count("action.circulation WHERE xact_finish IS NULL").await > 0);
+    assert_eq!(class(&run, "holds_history").affected as i64, holds);
+    assert_eq!(db.count("public.expect_holds e JOIN action.hold_request h ON h.id = e.id").await, 0);
+    assert_eq!(db.count("public.expect_holds e JOIN action.aged_hold_request h ON h.id = e.id").await, holds);
+    // Reading history: the expected rows went (patrons purged lose theirs through
+    // actor.usr_delete, counted there); nothing else did.
+    assert_eq!(db.count("public.expect_history e JOIN action.usr_circ_history r ON r.id = e.id").await, 0);
+    assert_eq!(class(&run, "reading_history").affected as i64, history);
+    let p = class(&run, "expired_patrons");
+    assert_eq!(p.affected as i64, patrons, "{p:?}");
+    assert_eq!(
+        db.count("actor.usr WHERE usrname LIKE '%-PURGED-%' AND deleted AND id IN (SELECT id FROM public.expect_patrons)").await,
+        patrons
+    );
+    assert_eq!(db.count("actor.usr WHERE usrname LIKE '%-PURGED-%'").await, patrons);
+    assert_eq!(
+        db.count("auditor.actor_usr_history WHERE id IN (SELECT id FROM public.expect_patrons)").await,
+        0
+    );
+    let lethe_db = Db::connect(&cfg).await.unwrap();
+    let comp = engine::compliance(&cfg, &lethe_db, now()).await.unwrap();
+    assert_eq!((comp.overdue, comp.traces), (0, 0), "{comp:?}");
+    // What leaves the database says nothing about patrons.
+    let entries = lethe::ledger::entries(&lethe_db, None).await.unwrap();
+    let out = format!("{}{}", serde_json::to_string(&run).unwrap(), serde_json::to_string(&entries).unwrap());
+    assert!(!out.contains(CANARY), "patron data in the summary or ledger");
+    lethe_db.close().await;
+
+    let again = run_at(&cfg, now(), false).await;
+    for c in &again.classes {
+        assert_eq!(c.affected, 0, "{c:?}");
+    }
+}
