@@ -728,10 +728,16 @@ fn cell<R: Row>(r: &R, i: usize) -> Result<Cell, sqlx::Error>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     if let Ok(v) = r.try_get::<Option<i64>, _>(i) {
         return Ok(v.map_or(Cell::Null, Cell::Int));
+    }
+    // PostgreSQL decodes strictly: an INTEGER column (lethe_run_classes.position) is
+    // not an i64 there.
+    if let Ok(v) = r.try_get::<Option<i32>, _>(i) {
+        return Ok(v.map_or(Cell::Null, |v| Cell::Int(i64::from(v))));
     }
     Ok(r.try_get::<Option<String>, _>(i)?
         .map_or(Cell::Null, Cell::Text))
