@@ -130,7 +130,8 @@ fn skipped(cfg: &Config, now: chrono::DateTime<Utc>) -> RunSummary {
         classes: Vec::new(),
         error: None,
         notices: vec![
-            "Another Lethe worker holds the run lock: this run was skipped and wrote nothing.".into(),
+            "Another Lethe worker holds the run lock: this run was skipped and wrote nothing."
+                .into(),
         ],
     }
 }

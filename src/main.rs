@@ -469,7 +469,9 @@ fn print_summary(s: &RunSummary, json: bool, what: &str) {
         return;
     }
     if s.status == RunStatus::Skipped {
-        out!("{what}: skipped: another Lethe worker holds the run lock; nothing was written, no report sent");
+        out!(
+            "{what}: skipped: another Lethe worker holds the run lock; nothing was written, no report sent"
+        );
         return;
     }
     match s.run_id {

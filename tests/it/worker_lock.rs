@@ -108,10 +108,9 @@ async fn run_statuses(db: &TestDb) -> Vec<String> {
     let q = "SELECT status FROM lethe_runs WHERE kind = 'run' ORDER BY id";
     match &db.raw {
         Raw::Sqlite(p) => sqlx::query_scalar(q).fetch_all(p).await.unwrap(),
-        Raw::MySql(p) => sqlx::query_scalar(AssertSqlSafe(q.replace(
-            "SELECT status",
-            "SELECT CAST(status AS CHAR)",
-        )))
+        Raw::MySql(p) => sqlx::query_scalar(AssertSqlSafe(
+            q.replace("SELECT status", "SELECT CAST(status AS CHAR)"),
+        ))
         .fetch_all(p)
         .await
         .unwrap(),
@@ -228,7 +227,11 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let out = self.stdout.take().map(|h| h.join().unwrap()).unwrap_or_default();
+        let out = self
+            .stdout
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
         (code, out)
     }
 
@@ -271,7 +274,10 @@ fn wait_line<T>(
                     .rev()
                     .map(|(t, l)| format!("[{t}] {l}"))
                     .collect();
-                panic!("no {what} within {within:?}; last lines:\n{}", tail.join("\n"))
+                panic!(
+                    "no {what} within {within:?}; last lines:\n{}",
+                    tail.join("\n")
+                )
             }
         }
     }
@@ -289,7 +295,11 @@ async fn two_runs_started_together_one_enforces_the_other_skips(db: TestDb) {
         _ => koha_library(&db).await,
     };
     let dir = tempfile::tempdir().unwrap();
-    let batch = if matches!(db.raw, Raw::Postgres(_)) { 10 } else { 7 };
+    let batch = if matches!(db.raw, Raw::Postgres(_)) {
+        10
+    } else {
+        7
+    };
     let cfg = config_file(dir.path(), &db.url, "30 2 * * *", batch, classes_for(&db));
     let before = changed_rows(&db, anon).await;
     let eligible_before = plan_eligible(&cfg);
@@ -332,7 +342,11 @@ async fn two_runs_started_together_one_enforces_the_other_skips(db: TestDb) {
     assert_eq!(affected, eligible, "{ok}");
     assert_eq!(ledger_total(&db).await, changed);
     assert_eq!(changed as u64, affected);
-    assert_eq!(outbox_files(dir.path()), 1, "one report, from the run that enforced");
+    assert_eq!(
+        outbox_files(dir.path()),
+        1,
+        "one report, from the run that enforced"
+    );
     // A fixed point: nothing left for a second run.
     assert_eq!(plan_eligible(&cfg), 0);
 
@@ -488,7 +502,11 @@ async fn a_lock_held_elsewhere_skips_the_run_and_touches_nothing(db: TestDb) {
         .args(["--config", cfg.to_str().unwrap(), "run", "--once", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["status"], "ok", "{j}");
     assert_eq!(run_statuses(&db).await, ["ok"]);
@@ -606,7 +624,11 @@ async fn a_killed_lock_holder_is_taken_over_at_the_next_scheduled_run(db: TestDb
         _ => koha_library(&db).await,
     };
     let dir = tempfile::tempdir().unwrap();
-    let batch = if matches!(db.raw, Raw::Postgres(_)) { 10 } else { 7 };
+    let batch = if matches!(db.raw, Raw::Postgres(_)) {
+        10
+    } else {
+        7
+    };
     let cfg = config_file(dir.path(), &db.url, "* * * * *", batch, classes_for(&db));
     let before = changed_rows(&db, anon).await;
     // Start well inside a minute, so both daemons arm the same fire time.
@@ -622,21 +644,37 @@ async fn a_killed_lock_holder_is_taken_over_at_the_next_scheduled_run(db: TestDb
     let mut log = Vec::new();
     let mut armed: [Option<String>; 2] = [None, None];
     while armed.iter().any(Option::is_none) {
-        let (tag, at) = wait_line(&rx, &mut log, "next run armed", Duration::from_secs(30), |t, l| {
-            l.contains("next run armed").then(|| (t, next_run(l)))
-        });
+        let (tag, at) = wait_line(
+            &rx,
+            &mut log,
+            "next run armed",
+            Duration::from_secs(30),
+            |t, l| l.contains("next run armed").then(|| (t, next_run(l))),
+        );
         armed[tag] = at;
     }
     assert_eq!(armed[0], armed[1], "both daemons armed the same minute");
 
     // The fire time: one takes the lock and starts, the other skips.
-    let holder = wait_line(&rx, &mut log, "a run started", Duration::from_secs(75), |t, l| {
-        l.contains("run started").then_some(t)
-    });
+    let holder = wait_line(
+        &rx,
+        &mut log,
+        "a run started",
+        Duration::from_secs(75),
+        |t, l| l.contains("run started").then_some(t),
+    );
     let standby = 1 - holder;
-    wait_line(&rx, &mut log, "a committed batch", Duration::from_secs(30), |t, l| {
-        (t == holder && l.contains("batch committed")).then_some(())
-    });
+    let mut batches = 0;
+    wait_line(
+        &rx,
+        &mut log,
+        "20 committed batches",
+        Duration::from_secs(30),
+        |t, l| {
+            batches += usize::from(t == holder && l.contains("batch committed"));
+            (batches == 20).then_some(())
+        },
+    );
     daemons[holder].sigkill();
     let killed_at = Instant::now();
     let mid_run = changed_rows(&db, anon).await - before;
@@ -647,20 +685,55 @@ async fn a_killed_lock_holder_is_taken_over_at_the_next_scheduled_run(db: TestDb
     let standby_done = |t: usize, l: &str| t == standby && l.contains("scheduled run finished");
     let first = match log.iter().find(|(t, l)| standby_done(*t, l)) {
         Some((_, l)) => l.clone(),
-        None => wait_line(&rx, &mut log, "the standby's skip", Duration::from_secs(30), |t, l| {
-            standby_done(t, l).then(|| l.to_string())
-        }),
+        None => wait_line(
+            &rx,
+            &mut log,
+            "the standby's skip",
+            Duration::from_secs(30),
+            |t, l| standby_done(t, l).then(|| l.to_string()),
+        ),
     };
-    assert!(first.contains("skipped"), "the standby skipped the minute the holder had: {first}");
+    assert!(
+        first.contains("skipped"),
+        "the standby skipped the minute the holder had: {first}"
+    );
+    // Regression: tokio-cron-scheduler fires up to 1.5 s early; a skip (a few ms) then
+    // re-armed the same minute, so the standby ran the holder's slot a second time.
+    let skip_at = log.iter().position(|(t, l)| standby_done(*t, l)).unwrap();
+    let rearmed = match log[skip_at..]
+        .iter()
+        .find(|(t, l)| *t == standby && l.contains("next run armed"))
+    {
+        Some((_, l)) => next_run(l),
+        None => wait_line(
+            &rx,
+            &mut log,
+            "the standby's re-arm",
+            Duration::from_secs(10),
+            |t, l| (t == standby && l.contains("next run armed")).then(|| next_run(l)),
+        ),
+    };
+    assert_ne!(
+        rearmed, armed[standby],
+        "the standby re-armed the slot it had just skipped"
+    );
 
     // The next minute: the standby takes over.
-    wait_line(&rx, &mut log, "the takeover run", Duration::from_secs(75), |t, l| {
-        (t == standby && l.contains("run started")).then_some(())
-    });
+    wait_line(
+        &rx,
+        &mut log,
+        "the takeover run",
+        Duration::from_secs(75),
+        |t, l| (t == standby && l.contains("run started")).then_some(()),
+    );
     let takeover_after = killed_at.elapsed();
-    let finished = wait_line(&rx, &mut log, "the takeover's end", Duration::from_secs(120), |t, l| {
-        (t == standby && l.contains("scheduled run finished")).then(|| l.to_string())
-    });
+    let finished = wait_line(
+        &rx,
+        &mut log,
+        "the takeover's end",
+        Duration::from_secs(120),
+        |t, l| (t == standby && l.contains("scheduled run finished")).then(|| l.to_string()),
+    );
     assert!(
         finished.contains("status=\"ok\"") || finished.contains("status=ok"),
         "{finished}"
@@ -683,6 +756,11 @@ async fn a_killed_lock_holder_is_taken_over_at_the_next_scheduled_run(db: TestDb
         .output()
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    if std::env::var("LETHE_TEST_LOG").is_ok() {
+        for (t, l) in &log {
+            eprintln!("[{t}] {l}");
+        }
+    }
     eprintln!(
         "worker lock takeover ({:?}): holder killed after {mid_run} rows; the standby started enforcing {:.1} s later \
          (its next minute) and finished with {changed} rows in all",
