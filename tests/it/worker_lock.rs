@@ -756,6 +756,7 @@ async fn a_killed_lock_holder_is_taken_over_at_the_next_scheduled_run(db: TestDb
         .output()
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // LETHE_TEST_LOG=1 prints both daemons' logs (how the fire times line up).
     if std::env::var("LETHE_TEST_LOG").is_ok() {
         for (t, l) in &log {
             eprintln!("[{t}] {l}");
