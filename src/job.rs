@@ -1,12 +1,15 @@
 //! One whole unit of work, as the CLI and the daemon run it: connect, check the schema
-//! and the anonymous patron, compare clocks, migrate Lethe's own tables, enforce once,
-//! and deliver the report (or leave it in the outbox).
+//! and the anonymous patron, compare clocks, take the run lock (one active worker among
+//! replicas, [`crate::db::lock`]), migrate Lethe's own tables, enforce once, release
+//! the lock, and deliver the report (or leave it in the outbox). A run that finds the
+//! lock taken is skipped: nothing written, no report.
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::db::lock::RunLock;
 use crate::engine::{self, EngineError, RunOptions};
 use crate::report::{self, Delivery};
 use crate::summary::{Mode, RunStatus, RunSummary};
@@ -16,15 +19,19 @@ use crate::summary::{Mode, RunStatus, RunSummary};
 pub struct JobOutcome {
     /// What the run did.
     pub summary: RunSummary,
-    /// Where the report went; `None` when delivering failed outright (logged).
+    /// Where the report went; `None` when delivering failed outright (logged), and
+    /// when the run was skipped (status `skipped`: no report is sent).
     pub delivery: Option<Delivery>,
 }
 
 /// Runs the job once.
 ///
 /// Nothing is written before the schema, the anonymous patron and the clock have been
-/// checked. When the run fails before any class (database unreachable, ledger not
-/// writable), a failure summary is still reported so the director hears of it.
+/// checked and the run lock is taken. When another worker holds the lock, the run is
+/// skipped: a summary with status `skipped` and no run id, nothing written, no report
+/// (two replicas must not send two reports a night). When the run fails before any
+/// class (database unreachable, ledger not writable), a failure summary is still
+/// reported so the director hears of it.
 ///
 /// # Errors
 /// [`EngineError`] for what stopped the run before it began (mismatch, clock,
@@ -36,6 +43,10 @@ pub async fn run_once(
 ) -> Result<JobOutcome, EngineError> {
     let now = Utc::now();
     match enforce(cfg, allow_large, cancel, now).await {
+        Ok(summary) if summary.status == RunStatus::Skipped => Ok(JobOutcome {
+            summary,
+            delivery: None,
+        }),
         Ok(summary) => {
             let delivery = deliver(cfg, &summary).await;
             Ok(JobOutcome { summary, delivery })
@@ -69,17 +80,60 @@ async fn enforce(
         if cfg.safety.mode == Mode::Enforce {
             engine::check_clock(cfg, &db, Utc::now()).await?;
         }
-        db.migrate().await?;
+        // The checks above touch nothing; from here on a run writes (migrations, the
+        // ledger, the library's rows), so only one worker may go on. A dry-run `run`
+        // writes the ledger too, so it takes the lock as well. A lost lock cancels the
+        // run like SIGTERM does: the current batch commits, the run is interrupted.
+        let run_cancel = cancel.child_token();
+        let Some(lock) = RunLock::try_acquire(&db, run_cancel.clone()).await? else {
+            tracing::info!("another Lethe worker holds the run lock: this run is skipped");
+            return Ok(skipped(cfg, now));
+        };
+        tracing::debug!(lock = lock.describe(), "run lock taken");
         let opts = RunOptions {
             allow_large,
             now,
-            cancel,
+            cancel: run_cancel,
         };
-        engine::enforce_once(cfg, &db, &prepared, &opts).await
+        let run = async {
+            db.migrate().await?;
+            engine::enforce_once(cfg, &db, &prepared, &opts).await
+        }
+        .await;
+        // Released only once the run is closed in the ledger (or failed).
+        let lost = lock.is_lost();
+        lock.release().await;
+        let mut summary = run?;
+        if lost {
+            summary.notices.push(
+                "The run lock was lost during this run (the database connection holding it closed), so the run \
+                 stopped after its current batch to keep a second worker from enforcing at the same time; the \
+                 next run finishes the work."
+                    .into(),
+            );
+        }
+        Ok(summary)
     }
     .await;
     db.close().await;
     result
+}
+
+/// The summary of a run skipped because another worker holds the run lock.
+fn skipped(cfg: &Config, now: chrono::DateTime<Utc>) -> RunSummary {
+    RunSummary {
+        run_id: None,
+        mode: cfg.safety.mode,
+        started_at: now,
+        finished_at: Some(Utc::now().max(now)),
+        status: RunStatus::Skipped,
+        classes: Vec::new(),
+        error: None,
+        notices: vec![
+            "Another Lethe worker holds the run lock: this run was skipped and wrote nothing."
+                .into(),
+        ],
+    }
 }
 
 async fn deliver(cfg: &Config, summary: &RunSummary) -> Option<Delivery> {

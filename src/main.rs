@@ -447,6 +447,10 @@ async fn run(path: &Path, once: bool, json: bool, allow_large: bool) -> u8 {
     match job::run_once(&cfg, allow_large, cancel).await {
         Ok(outcome) => {
             print_summary(&outcome.summary, json, "run");
+            // Another worker holds the run lock: nothing done, no report, exit 0.
+            if outcome.summary.status == RunStatus::Skipped {
+                return 0;
+            }
             if !json {
                 print_delivery(outcome.delivery.as_ref());
             }
@@ -496,6 +500,12 @@ fn print_summary(s: &RunSummary, json: bool, what: &str) {
             Ok(j) => out!("{j}"),
             Err(e) => eprintln!("lethe: cannot serialize the summary: {e}"),
         }
+        return;
+    }
+    if s.status == RunStatus::Skipped {
+        out!(
+            "{what}: skipped: another Lethe worker holds the run lock; nothing was written, no report sent"
+        );
         return;
     }
     match s.run_id {

@@ -52,9 +52,13 @@ pub async fn run_daemon(cfg: &Config, cancel: CancellationToken) -> Result<(), D
     sched.start().await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     tracing::info!(cron = %cfg.schedule.cron_line, timezone = cfg.schedule.timezone.name(), "daemon started");
+    // The slot last run: the next one is armed strictly after it, even when a run takes
+    // less time than the scheduler fired early.
+    let mut last: Option<DateTime<Utc>> = None;
     let result = loop {
         let now = Utc::now();
-        let Some(next) = next_fire(&cfg.schedule, now) else {
+        let after = last.map_or(now, |l| l.max(now));
+        let Some(next) = next_fire(&cfg.schedule, after) else {
             break Err(DaemonError::NoNextFire(cfg.schedule.cron_line.clone()));
         };
         let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
@@ -74,6 +78,20 @@ pub async fn run_daemon(cfg: &Config, cancel: CancellationToken) -> Result<(), D
             }
             _ = rx.recv() => {}
         }
+        // tokio-cron-scheduler 0.15 arms a one-shot job in whole seconds (now and the
+        // delay both truncated) and checks every 500 ms, so it fires up to 1.5 s early;
+        // a run that short would otherwise re-arm the same slot and run twice (with
+        // two workers, the one that skipped would run the slot again). Wait out the rest.
+        if let Ok(early) = (next - Utc::now()).to_std() {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = sched.remove(&id).await;
+                    break Ok(());
+                }
+                _ = tokio::time::sleep(early) => {}
+            }
+        }
+        last = Some(next);
         match job::run_once(cfg, false, cancel.clone()).await {
             Ok(outcome) => tracing::info!(
                 run_id = outcome.summary.run_id,

@@ -1,11 +1,13 @@
 //! Database access: one typed pool per backend (SQLite, MySQL/MariaDB, PostgreSQL),
 //! Lethe's own migrations, schema checks against the catalog, and the helpers the
-//! engine uses to run sea-query statements inside transactions.
+//! engine uses to run sea-query statements inside transactions; the run lock that keeps
+//! one worker active among replicas is in [`lock`].
 //!
 //! `sqlx::Any` is not used: it cannot bind chrono types and does not translate
 //! placeholders (STACK.md). Every dynamic statement is built by sea-query from
 //! validated identifiers; only such SQL is wrapped in `AssertSqlSafe`.
 
+pub mod lock;
 pub mod sql;
 
 use std::time::Duration;
@@ -44,6 +46,9 @@ pub enum DbError {
     /// The anonymous patron preference is unusable.
     #[error("{0}")]
     AnonymousPatron(String),
+    /// The run lock could not be tried (not: it is taken; see [`lock::RunLock`]).
+    #[error("run lock: {0}")]
+    Lock(String),
 }
 
 impl DbError {

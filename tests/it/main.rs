@@ -16,3 +16,4 @@ mod legal_hold;
 mod publish;
 mod realistic;
 mod report;
+mod worker_lock;
