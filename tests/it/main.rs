@@ -13,3 +13,4 @@ mod ledger;
 mod publish;
 mod realistic;
 mod report;
+mod service;
