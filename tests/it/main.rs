@@ -10,6 +10,7 @@ mod daemon;
 #[macro_use]
 mod engine;
 mod ledger;
+mod manual;
 mod publish;
 mod realistic;
 mod report;
