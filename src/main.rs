@@ -177,7 +177,13 @@ fn init_logs(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // When stderr breaks (journald restarted, `lethe run 2>&1 | head`), the
+        // subscriber's own report of the failed write is an eprintln!, which panics in
+        // whatever task was logging: the run crashed half-way, or hung deaf to SIGTERM.
+        // Dropping the line is the lesser harm: the ledger and the report still record
+        // the run.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -10,6 +10,7 @@ mod daemon;
 #[macro_use]
 mod engine;
 mod ledger;
+mod logs;
 mod manual;
 mod publish;
 mod realistic;
