@@ -7,7 +7,7 @@
 //! (pools, SQL, schema checks), [`engine`] (plan and enforce), [`ledger`] (the record
 //! of runs), [`report`] (the email and outbox), [`schedule`] (the daemon), [`job`] (one
 //! whole run: connect, guard, enforce, report), [`demo`] (the embedded demo library),
-//! [`ops`] (running as a service: systemd notify, man pages and completions).
+//! [`ops`] (running as a service: systemd notify, man pages and completions, metrics file).
 
 pub mod config;
 pub mod db;
