@@ -219,3 +219,82 @@ async fn the_watchdog_is_pinged_during_a_scheduled_run() {
     sigterm(&daemon.0);
     assert_eq!(wait_exit(&mut daemon.0, Duration::from_secs(10)), Some(0));
 }
+
+const UNIT: &str = include_str!("../../contrib/lethe.service");
+
+/// The shipped unit keeps the settings the daemon and the README rely on.
+#[test]
+fn the_unit_is_a_sandboxed_notify_service_with_a_watchdog() {
+    let settings: Vec<&str> = UNIT
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .collect();
+    for want in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=2min",
+        "ExecStart=/usr/bin/lethe --config /etc/lethe/retention.yaml --log-format json run",
+        "User=lethe",
+        "StateDirectory=lethe",
+        "ReadWritePaths=/var/lib/lethe",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "RestartPreventExitStatus=2",
+    ] {
+        assert!(
+            settings.contains(&want),
+            "{want} missing from contrib/lethe.service"
+        );
+    }
+}
+
+/// `systemd-analyze verify` accepts the unit (with ExecStart pointed at the binary
+/// under test; the man pages are checked by .ci/deb-check once installed).
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    let Ok(which) = Command::new("systemd-analyze").arg("--version").output() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze is missing on CI"
+        );
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    };
+    assert!(which.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("lethe.service");
+    std::fs::write(&unit, UNIT.replace("/usr/bin/lethe", LETHE)).unwrap();
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The example config the Debian package installs as /etc/lethe/retention.yaml is
+/// valid, starts in dry-run, and keeps its outbox in the service's state folder.
+#[test]
+fn the_packaged_example_config_is_valid_and_starts_in_dry_run() {
+    let text = include_str!("../../contrib/retention.yaml");
+    let cfg = lethe::config::parse_str(
+        text,
+        "/etc/lethe/retention.yaml",
+        Path::new("/etc/lethe"),
+        &|_| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.safety.mode, lethe::summary::Mode::DryRun);
+    assert_eq!(cfg.report.outbox, Path::new("/var/lib/lethe/outbox"));
+    assert_eq!(
+        cfg.database.display_url,
+        "sqlite:///var/lib/lethe/demo/library.db"
+    );
+}
