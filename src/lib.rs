@@ -6,7 +6,8 @@
 //! Layout: [`config`] (retention.yaml), [`policy`] (periods and cutoffs), [`db`]
 //! (pools, SQL, schema checks), [`engine`] (plan and enforce), [`ledger`] (the record
 //! of runs), [`report`] (the email and outbox), [`schedule`] (the daemon), [`job`] (one
-//! whole run: connect, guard, enforce, report), [`demo`] (the embedded demo library).
+//! whole run: connect, guard, enforce, report), [`demo`] (the embedded demo library),
+//! [`ops`] (running as a service: systemd notify, man pages and completions, metrics file).
 
 pub mod config;
 pub mod db;
@@ -15,6 +16,7 @@ pub mod engine;
 pub mod job;
 pub mod ledger;
 pub mod legal_hold;
+pub mod ops;
 pub mod policy;
 pub mod publish;
 pub mod report;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use lethe::config::{self, Config};
@@ -116,6 +116,19 @@ enum Command {
         #[arg(long, default_value = "demo")]
         dir: PathBuf,
     },
+    /// Write the manual page lethe(1) to stdout, or every page (one per command) into
+    /// --out DIR. Generated from this command line; needs no config.
+    Man {
+        /// Folder to write lethe.1, lethe-run.1, ... into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write a shell completion script to stdout. Needs no config.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -197,7 +210,13 @@ fn init_logs(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // When stderr breaks (journald restarted, `lethe run 2>&1 | head`), the
+        // subscriber's own report of the failed write is an eprintln!, which panics in
+        // whatever task was logging: the run crashed half-way, or hung deaf to SIGTERM.
+        // Dropping the line is the lesser harm: the ledger and the report still record
+        // the run.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -227,6 +246,14 @@ async fn main() -> ExitCode {
         Command::Ledger { command } => ledger_cmd(&cli.config, command).await,
         Command::Hold { command } => hold_cmd(&cli.config, command).await,
         Command::Verify { json } => verify_cmd(&cli.config, *json).await,
+        Command::Man { out } => man_cmd(out.as_deref()),
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            let script = lethe::ops::manual::completions(Cli::command(), *shell);
+            // A closed stdout is not an error.
+            let _ = std::io::stdout().write_all(&script);
+            0
+        }
         Command::Policy { format } => match load(&cli.config) {
             Ok(cfg) => {
                 let today = Utc::now()
@@ -242,6 +269,33 @@ async fn main() -> ExitCode {
         },
     };
     ExitCode::from(code)
+}
+
+/// `lethe man`: lethe(1) on stdout, or every page into `out`.
+fn man_cmd(out: Option<&Path>) -> u8 {
+    use lethe::ops::manual;
+    match out {
+        None => {
+            // A closed stdout (`lethe man | head`) is not an error.
+            let _ = manual::write_man(Cli::command(), &mut std::io::stdout());
+            0
+        }
+        Some(dir) => match manual::write_man_dir(Cli::command(), dir) {
+            Ok(pages) => {
+                for p in pages {
+                    out!("{}", p.display());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!(
+                    "lethe: cannot write the man pages into {}: {e}",
+                    dir.display()
+                );
+                1
+            }
+        },
+    }
 }
 
 fn load(path: &Path) -> Result<Config, u8> {

@@ -7,6 +7,10 @@
 //! armed for that instant, and it is re-armed after each run (STACK.md, "Scheduling").
 //! The one-shot job only signals this loop; the run itself happens here, so runs never
 //! overlap, and shutdown waits for the current batch to commit.
+//!
+//! Under systemd (`Type=notify`) it reports `READY=1` once the first run is armed,
+//! a `STATUS=` line at each change, `WATCHDOG=1` pings from a task of their own, and
+//! `STOPPING=1` on shutdown ([`crate::ops::notify`]).
 
 use std::time::Duration;
 
@@ -16,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Schedule};
 use crate::job;
+use crate::ops::notify::Notifier;
 
 /// The first fire time strictly after `after`, computed on the library's local clock
 /// (croner resolves daylight-saving gaps and folds in the zone). `None` when the
@@ -55,6 +60,11 @@ pub async fn run_daemon(cfg: &Config, cancel: CancellationToken) -> Result<(), D
     // The slot last run: the next one is armed strictly after it, even when a run takes
     // less time than the scheduler fired early.
     let mut last: Option<DateTime<Utc>> = None;
+    let notifier = Notifier::from_env();
+    // Pings the watchdog while idle and during runs; says STOPPING=1 on shutdown.
+    let _supervisor = notifier.supervise(cancel.clone());
+    let mut ready = false;
+    let mut last_run: Option<String> = None;
     let result = loop {
         let now = Utc::now();
         let after = last.map_or(now, |l| l.max(now));
@@ -70,7 +80,18 @@ pub async fn run_daemon(cfg: &Config, cancel: CancellationToken) -> Result<(), D
             })
         })?;
         let id = sched.add(armed).await?;
-        tracing::info!(next_run = %next.with_timezone(&cfg.schedule.timezone).to_rfc3339(), "next run armed");
+        let next_local = next.with_timezone(&cfg.schedule.timezone).to_rfc3339();
+        tracing::info!(next_run = %next_local, "next run armed");
+        let status = match &last_run {
+            Some(last) => format!("next run at {next_local}; {last}"),
+            None => format!("next run at {next_local}"),
+        };
+        if ready {
+            notifier.status(&status);
+        } else {
+            notifier.ready(&status);
+            ready = true;
+        }
         tokio::select! {
             _ = cancel.cancelled() => {
                 let _ = sched.remove(&id).await;
@@ -92,14 +113,22 @@ pub async fn run_daemon(cfg: &Config, cancel: CancellationToken) -> Result<(), D
             }
         }
         last = Some(next);
+        notifier.status(&format!("running the run scheduled at {next_local}"));
         match job::run_once(cfg, false, cancel.clone()).await {
-            Ok(outcome) => tracing::info!(
-                run_id = outcome.summary.run_id,
-                status = outcome.summary.status.as_str(),
-                "scheduled run finished"
-            ),
+            Ok(outcome) => {
+                tracing::info!(
+                    run_id = outcome.summary.run_id,
+                    status = outcome.summary.status.as_str(),
+                    "scheduled run finished"
+                );
+                last_run = Some(match outcome.summary.run_id {
+                    Some(id) => format!("last run {id} {}", outcome.summary.status.as_str()),
+                    None => format!("last run {}", outcome.summary.status.as_str()),
+                });
+            }
             Err(e) => {
-                tracing::error!(error = %e, "scheduled run failed; the next one is still scheduled")
+                tracing::error!(error = %e, "scheduled run failed; the next one is still scheduled");
+                last_run = Some(format!("last run failed at {}", Utc::now().to_rfc3339()));
             }
         }
         if cancel.is_cancelled() {

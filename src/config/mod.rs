@@ -1600,7 +1600,10 @@ impl Validator<'_> {
             Some(u) => {
                 let up = format!("{p}.unlink");
                 if patron.is_none() {
-                    self.err(&up, "needs the class's patron: column (the value to look for)");
+                    self.err(
+                        &up,
+                        "needs the class's patron: column (the value to look for)",
+                    );
                 }
                 if action != Some(Action::Delete) {
                     self.err(&up, "only for action delete");

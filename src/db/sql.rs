@@ -617,18 +617,24 @@ pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement>
                     Expr::col(Alias::new(class.key.as_str())),
                     Alias::new(CHAIN_ID),
                 )
-                .expr_as(Expr::col(Alias::new(parent.as_str())), Alias::new(CHAIN_PARENT))
+                .expr_as(
+                    Expr::col(Alias::new(parent.as_str())),
+                    Alias::new(CHAIN_PARENT),
+                )
                 .from(table_ref(&class.table))
                 .and_where(Expr::col(Alias::new(class.key.as_str())).is_in(keys.iter().copied()));
             let mut step = Query::select();
-            step.expr(Expr::col((Alias::new(PREV), Alias::new(class.key.as_str()))))
-                .expr(Expr::col((Alias::new(PREV), Alias::new(parent.as_str()))))
-                .from_as(table_ref(&class.table), Alias::new(PREV))
-                .inner_join(
-                    Alias::new(CHAIN),
-                    Expr::col((Alias::new(PREV), Alias::new(class.key.as_str())))
-                        .equals((Alias::new(CHAIN), Alias::new(CHAIN_PARENT))),
-                );
+            step.expr(Expr::col((
+                Alias::new(PREV),
+                Alias::new(class.key.as_str()),
+            )))
+            .expr(Expr::col((Alias::new(PREV), Alias::new(parent.as_str()))))
+            .from_as(table_ref(&class.table), Alias::new(PREV))
+            .inner_join(
+                Alias::new(CHAIN),
+                Expr::col((Alias::new(PREV), Alias::new(class.key.as_str())))
+                    .equals((Alias::new(CHAIN), Alias::new(CHAIN_PARENT))),
+            );
             anchor.union(UnionType::Distinct, step);
             let cte = CommonTableExpression::new()
                 .query(anchor)
@@ -640,7 +646,10 @@ pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement>
             let with = WithClause::new().recursive(true).cte(cte).to_owned();
             tcol(&class.table, &class.key).binary(
                 sea_query::BinOper::In,
-                Expr::SubQuery(None, Box::new(SubQueryStatement::WithStatement(with.query(last)))),
+                Expr::SubQuery(
+                    None,
+                    Box::new(SubQueryStatement::WithStatement(with.query(last))),
+                ),
             )
         }
     };

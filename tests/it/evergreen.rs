@@ -486,13 +486,20 @@ async fn check_refuses_without_evergreens_aging_triggers() {
 /// patrons go, no audit trace remains; a second run changes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_realistic_evergreen_library_is_enforced_exactly() {
-    use lethe::demo::evergreen::{populate, EvergreenOptions, CANARY};
-    let Some(db) = TestDb::postgres(&evergreen_ddl()).await else { return };
-    let Raw::Postgres(pool) = &db.raw else { unreachable!() };
+    use lethe::demo::evergreen::{CANARY, EvergreenOptions, populate};
+    let Some(db) = TestDb::postgres(&evergreen_ddl()).await else {
+        return;
+    };
+    let Raw::Postgres(pool) = &db.raw else {
+        unreachable!()
+    };
     let stats = populate(pool, &EvergreenOptions::standard(now().date_naive()))
         .await
         .unwrap();
-    assert!(stats.patrons >= 5000 && stats.circulations > 150_000, "{stats:?}");
+    assert!(
+        stats.patrons >= 5000 && stats.circulations > 150_000,
+        "{stats:?}"
+    );
     let cut30 = "'2026-05-16 12:00:00+00'::timestamptz";
     let cut2y = "'2024-06-15 12:00:00+00'::timestamptz";
     let now_sql = "'2026-06-15 12:00:00+00'::timestamptz";
@@ -530,39 +537,74 @@ async fn a_realistic_evergreen_library_is_enforced_exactly() {
            AND NOT EXISTS (SELECT 1 FROM permission.usr_work_ou_map w WHERE w.usr = u.id);"
     ))
     .await;
-    let tails = db.int("SELECT COUNT(DISTINCT tail) FROM public.expect_aged").await.unwrap();
+    let tails = db
+        .int("SELECT COUNT(DISTINCT tail) FROM public.expect_aged")
+        .await
+        .unwrap();
     let members = db.count("public.expect_aged").await;
     let holds = db.count("public.expect_holds").await;
     let history = db.count("public.expect_history").await;
     let patrons = db.count("public.expect_patrons").await;
-    assert!(tails > 1000 && members > tails && holds > 100 && history > 10 && patrons > 100,
-        "a scenario worth testing: {tails} {members} {holds} {history} {patrons}");
+    assert!(
+        tails > 1000 && members > tails && holds > 100 && history > 10 && patrons > 100,
+        "a scenario worth testing: {tails} {members} {holds} {history} {patrons}"
+    );
     let staff_as_patron = db
         .count("public.expect_aged e JOIN action.circulation c ON c.id = e.id WHERE c.circ_staff = e.usr OR c.checkin_staff = e.usr")
         .await;
-    assert!(staff_as_patron > 0, "the generator records OPAC renewals with the patron as staff");
+    assert!(
+        staff_as_patron > 0,
+        "the generator records OPAC renewals with the patron as staff"
+    );
     let aged_before = db.count("action.aged_circulation").await;
 
     let cfg = eg_config(&db, "");
     let run = run_at(&cfg, now(), true).await;
     let c = class(&run, "circulation_history");
     assert_eq!(c.affected as i64, tails, "{c:?}");
-    assert_eq!(db.count("action.aged_circulation").await, aged_before + members);
-    assert_eq!(db.count("public.expect_aged e JOIN action.aged_circulation a ON a.id = e.id").await, members);
-    assert_eq!(db.count("public.expect_aged e JOIN action.circulation c ON c.id = e.id").await, 0);
+    assert_eq!(
+        db.count("action.aged_circulation").await,
+        aged_before + members
+    );
+    assert_eq!(
+        db.count("public.expect_aged e JOIN action.aged_circulation a ON a.id = e.id")
+            .await,
+        members
+    );
+    assert_eq!(
+        db.count("public.expect_aged e JOIN action.circulation c ON c.id = e.id")
+            .await,
+        0
+    );
     // No patron id in the aged rows: not as usr (no such column), not as staff.
     assert_eq!(
         db.count("public.expect_aged e JOIN action.aged_circulation a ON a.id = e.id WHERE a.circ_staff = e.usr OR a.checkin_staff = e.usr").await,
         0
     );
     // Unfinished and recent chains stay.
-    assert!(db.count("action.circulation WHERE xact_finish IS NULL").await > 0);
+    assert!(
+        db.count("action.circulation WHERE xact_finish IS NULL")
+            .await
+            > 0
+    );
     assert_eq!(class(&run, "holds_history").affected as i64, holds);
-    assert_eq!(db.count("public.expect_holds e JOIN action.hold_request h ON h.id = e.id").await, 0);
-    assert_eq!(db.count("public.expect_holds e JOIN action.aged_hold_request h ON h.id = e.id").await, holds);
+    assert_eq!(
+        db.count("public.expect_holds e JOIN action.hold_request h ON h.id = e.id")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.count("public.expect_holds e JOIN action.aged_hold_request h ON h.id = e.id")
+            .await,
+        holds
+    );
     // Reading history: the expected rows went (patrons purged lose theirs through
     // actor.usr_delete, counted there); nothing else did.
-    assert_eq!(db.count("public.expect_history e JOIN action.usr_circ_history r ON r.id = e.id").await, 0);
+    assert_eq!(
+        db.count("public.expect_history e JOIN action.usr_circ_history r ON r.id = e.id")
+            .await,
+        0
+    );
     assert_eq!(class(&run, "reading_history").affected as i64, history);
     let p = class(&run, "expired_patrons");
     assert_eq!(p.affected as i64, patrons, "{p:?}");
@@ -570,9 +612,13 @@ async fn a_realistic_evergreen_library_is_enforced_exactly() {
         db.count("actor.usr WHERE usrname LIKE '%-PURGED-%' AND deleted AND id IN (SELECT id FROM public.expect_patrons)").await,
         patrons
     );
-    assert_eq!(db.count("actor.usr WHERE usrname LIKE '%-PURGED-%'").await, patrons);
     assert_eq!(
-        db.count("auditor.actor_usr_history WHERE id IN (SELECT id FROM public.expect_patrons)").await,
+        db.count("actor.usr WHERE usrname LIKE '%-PURGED-%'").await,
+        patrons
+    );
+    assert_eq!(
+        db.count("auditor.actor_usr_history WHERE id IN (SELECT id FROM public.expect_patrons)")
+            .await,
         0
     );
     let lethe_db = Db::connect(&cfg).await.unwrap();
@@ -580,8 +626,15 @@ async fn a_realistic_evergreen_library_is_enforced_exactly() {
     assert_eq!((comp.overdue, comp.traces), (0, 0), "{comp:?}");
     // What leaves the database says nothing about patrons.
     let entries = lethe::ledger::entries(&lethe_db, None).await.unwrap();
-    let out = format!("{}{}", serde_json::to_string(&run).unwrap(), serde_json::to_string(&entries).unwrap());
-    assert!(!out.contains(CANARY), "patron data in the summary or ledger");
+    let out = format!(
+        "{}{}",
+        serde_json::to_string(&run).unwrap(),
+        serde_json::to_string(&entries).unwrap()
+    );
+    assert!(
+        !out.contains(CANARY),
+        "patron data in the summary or ledger"
+    );
     lethe_db.close().await;
 
     let again = run_at(&cfg, now(), false).await;
