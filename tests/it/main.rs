@@ -10,6 +10,7 @@ mod daemon;
 #[macro_use]
 mod engine;
 mod ledger;
+mod outage;
 mod publish;
 mod realistic;
 mod report;
