@@ -114,6 +114,50 @@ macro_rules! retrying {
     }};
 }
 
+/// [`retrying!`] for the steps of a run around its batches (counting a class, reading
+/// its key range, writing its ledger row, closing the run): the same pauses and number
+/// of tries, so a blip between two batches is ridden out like one inside a batch. A
+/// cancellation during a pause gives up with the error. Each step is safe to repeat:
+/// reads, and ledger updates that set values; opening a class inserts its row, and a
+/// retry after an insert that committed without its answer fails on the duplicate key
+/// (not transient): the run fails, the ledger stays right.
+async fn retrying_step<T, F, Fut>(
+    run_id: i64,
+    class: &str,
+    step: &'static str,
+    cancel: &CancellationToken,
+    mut call: F,
+) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if crate::db::is_transient(&e) && attempt < BATCH_RETRIES => {
+                attempt += 1;
+                let pause = retry_backoff(attempt);
+                tracing::warn!(
+                    run_id,
+                    class,
+                    step,
+                    attempt,
+                    pause_ms = pause.as_millis() as u64,
+                    error = %safe_db_message(&e),
+                    "transient database error: trying the step again"
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(e),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What a class's SQL needs from the database, read once per run.
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {
@@ -725,7 +769,10 @@ pub async fn enforce_once(
         RunStatus::Ok
     };
     let finished_at = Utc::now().max(started_at);
-    ledger::close_run(db, run_id, status, finished_at, None).await?;
+    retrying_step(run_id, "", "close run", &opts.cancel, || {
+        ledger::close_run(db, run_id, status, finished_at, None)
+    })
+    .await?;
     tracing::info!(run_id, status = status.as_str(), "run finished");
     Ok(RunSummary {
         run_id: Some(run_id),
@@ -760,25 +807,38 @@ async fn enforce_class(
         status: ClassStatus::Ok,
         error: None,
     };
-    let first = match count(db, class, b).await {
+    let name = class.name.as_str();
+    let cancel = &opts.cancel;
+    let first = match retrying_step(run_id, name, "count", cancel, || count(db, class, b)).await {
         Ok(c) => c,
         Err(e) => {
             s.status = ClassStatus::Failed;
             s.error = Some(safe_db_message(&e));
-            ledger::open_class(db, run_id, pos, &s).await?;
-            ledger::close_class(db, run_id, &s).await?;
+            retrying_step(run_id, name, "open class", cancel, || {
+                ledger::open_class(db, run_id, pos, &s)
+            })
+            .await?;
+            retrying_step(run_id, name, "close class", cancel, || {
+                ledger::close_class(db, run_id, &s)
+            })
+            .await?;
             return Ok((s, false));
         }
     };
     s.eligible = first.eligible;
     s.kept = first.kept;
-    ledger::open_class(db, run_id, pos, &s).await?;
+    retrying_step(run_id, name, "open class", cancel, || {
+        ledger::open_class(db, run_id, pos, &s)
+    })
+    .await?;
 
     let mut interrupted = false;
     if cfg.safety.mode == Mode::Enforce && first.eligible > 0 {
-        let range = db
-            .read_row_i64(&sql::range_query(class, db.backend()))
-            .await?;
+        let range_query = sql::range_query(class, db.backend());
+        let range = retrying_step(run_id, name, "key range", cancel, || {
+            db.read_row_i64(&range_query)
+        })
+        .await?;
         let (lo, hi, total) = (
             range.first().copied().flatten(),
             range.get(1).copied().flatten(),
@@ -813,7 +873,8 @@ async fn enforce_class(
                 if interrupted {
                     break;
                 }
-                let after = count(db, class, b).await?;
+                let after =
+                    retrying_step(run_id, name, "count", cancel, || count(db, class, b)).await?;
                 s.kept = after.kept;
                 if after.eligible == 0 {
                     break;
@@ -833,7 +894,10 @@ async fn enforce_class(
             }
         }
     }
-    s.affected = ledger::affected(db, run_id, &class.name).await?;
+    s.affected = retrying_step(run_id, name, "read count back", cancel, || {
+        ledger::affected(db, run_id, name)
+    })
+    .await?;
     // A pass can change rows that became eligible during it through the class's own
     // changes (a guarantor after its child, further on in the same pass): count them as
     // eligible too, so that eligible never reads less than what was changed.
@@ -842,7 +906,10 @@ async fn enforce_class(
         s.error =
             Some("interrupted: committed batches stand; the next run finishes the work".into());
     }
-    ledger::close_class(db, run_id, &s).await?;
+    retrying_step(run_id, name, "close class", cancel, || {
+        ledger::close_class(db, run_id, &s)
+    })
+    .await?;
     tracing::info!(
         run_id,
         class = %class.name,

@@ -25,7 +25,7 @@ const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const MYSQL_PORT: u16 = 3306;
 /// In every personal text column of the fixture; must never leave the database.
 const CANARY: &str = "Qx9OutageCanary";
-const RETRY_WARNING: &str = "transient database error: trying the batch again";
+const RETRY_WARNING: &str = "transient database error: trying";
 
 // ---------------------------------------------------------------------------------
 // The proxy
@@ -845,3 +845,73 @@ async fn the_daemon_survives_an_outage_and_the_next_scheduled_run_succeeds() {
     );
 }
 
+/// A cut of about 2 s outside any batch: on each step around the batches (opening a
+/// class in the ledger, closing it, reading its count back, counting the next class,
+/// closing the run), the answer to the statement is lost and the connections drop.
+/// Retried like a batch, and the run ends `ok`.
+///
+/// Regression: only batches were retried, so a 2 s blip that struck while the second
+/// class was being counted failed that class and the run (exit 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_second_blip_outside_a_batch_is_retried_and_the_run_ends_ok() {
+    let steps = [
+        ("opening a class", "INSERT INTO `lethe_run_classes`"),
+        (
+            "closing a class",
+            "UPDATE `lethe_run_classes` SET `eligible`",
+        ),
+        (
+            "reading a class's count back",
+            "SELECT `affected` FROM `lethe_run_classes`",
+        ),
+        ("counting the second class", "FROM `old_reserves`"),
+        ("closing the run", "UPDATE `lethe_runs` SET `status`"),
+    ];
+    let mut figures = Vec::new();
+    for (step, sql) in steps {
+        let Some(lib) = library(1500, "30 2 * * *").await else {
+            return;
+        };
+        lib.proxy.arm_on(sql, Mode::Refuse);
+        let run = lib.lethe(&["run", "--once", "--json"]);
+        lib.proxy.struck(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let outage = lib.proxy.restore();
+        let out = run.exit(Duration::from_secs(120)).await;
+        no_panic(&out);
+        let warnings: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| {
+                l.starts_with("lethe: ")
+                    || (l.contains("lethe") && (l.contains(" WARN ") || l.contains(" ERROR ")))
+            })
+            .collect();
+        assert_eq!(out.code, Some(0), "{step}: {}", warnings.join("\n"));
+        assert_no_canary(&out);
+        let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(j["status"], "ok", "{step}: {j}");
+        let retries = out.stderr.matches(RETRY_WARNING).count();
+        assert!(
+            retries >= 1,
+            "{step}: no retry warning:\n{}",
+            warnings.join("\n")
+        );
+        let changed = lib.assert_ledger_equals_data(step).await;
+        assert_eq!(affected(&j), changed.0 + changed.1, "{step}: {j}");
+        assert_eq!(lib.runs().await, ["ok"], "{step}");
+        let verify = lib
+            .lethe(&["ledger", "verify"])
+            .exit(Duration::from_secs(60))
+            .await;
+        assert_eq!(verify.code, Some(0), "{step}: {}", verify.stdout);
+        let (again, _) = lib.run_ok().await;
+        assert_eq!(affected(&again), 0, "{step}: {again}");
+        figures.push(format!(
+            "{step}: outage {:.1} s, {retries} retry warning(s), run {:.1} s",
+            outage.as_secs_f64(),
+            out.took.as_secs_f64()
+        ));
+    }
+    eprintln!("outage figures (outside a batch): {}", figures.join("; "));
+}
