@@ -75,9 +75,12 @@ pub fn safe_db_message(e: &DbError) -> String {
 /// lock wait timeout, server shutting down) is tried again before the class fails.
 pub const BATCH_RETRIES: u32 = 5;
 
-/// The pause before retry `attempt` (1-based): 0.5 s, 1 s, 2 s, 4 s, 8 s (15.5 s in all,
-/// enough for a server restart or a failover; a longer outage fails the run, and the
-/// next scheduled run finishes the work).
+/// The pause before retry `attempt` (1-based): 0.5 s, 1 s, 2 s, 4 s, 8 s (15.5 s of
+/// pauses). While the server is down each try also waits up to the pool's 10 s acquire
+/// timeout for a connection ([`Db::connect`]), so a run rides out an outage of about a
+/// minute (a batch gave up 65 s after the cut in `tests/it/outage.rs`), enough for a
+/// server restart or a failover; a longer outage fails the run, and the next scheduled
+/// run finishes the work.
 pub fn retry_backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(500u64 << attempt.saturating_sub(1).min(6))
 }
@@ -716,8 +719,8 @@ pub async fn enforce_once(
     let mut notices: Vec<String> = missed_run(cfg, db, opts.now).await?.into_iter().collect();
     for (id, changed) in ledger::close_stale_runs(db).await? {
         notices.push(format!(
-            "Run {id} did not finish: the worker stopped (power loss or killed). Its {changed} committed changes are \
-             recorded in the ledger; this run finishes the work."
+            "Run {id} did not finish: the worker stopped (killed, power loss) or lost the database before closing it. \
+             Its {changed} committed changes are recorded in the ledger; this run finishes the work."
         ));
     }
     for n in &notices {
