@@ -49,7 +49,8 @@ struct Shared {
     generation: watch::Sender<u64>,
     /// A cut waiting for the next client command (that contains the bytes, if given).
     armed: Mutex<Option<(Mode, Option<Vec<u8>>)>>,
-    /// Set while an armed cut strikes: answers from the server are thrown away.
+    /// Set while an armed cut strikes, or by [`Proxy::freeze`]: bytes either way are
+    /// thrown away.
     frozen: AtomicBool,
     accepted: AtomicU64,
     dropped: AtomicU64,
@@ -121,11 +122,25 @@ impl Proxy {
             .unwrap();
     }
 
-    /// Accepts and forwards again. Returns how long the outage lasted.
+    /// Every live connection goes silent (kept open, nothing forwarded either way, as
+    /// when the server host hangs), and new ones are black-holed.
+    fn freeze(&self) {
+        self.shared
+            .cut_at
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        self.shared.frozen.store(true, Ordering::SeqCst);
+        self.shared.mode.send_replace(Mode::BlackHole);
+    }
+
+    /// Accepts and forwards again (connections that lived through a freeze are dropped:
+    /// bytes were lost). Returns how long the outage lasted.
     fn restore(&self) -> Duration {
         self.shared.frozen.store(false, Ordering::SeqCst);
         *self.shared.armed.lock().unwrap() = None;
         self.shared.mode.send_replace(Mode::Open);
+        self.shared.generation.send_modify(|g| *g += 1);
         self.shared
             .cut_at
             .lock()
@@ -258,6 +273,9 @@ async fn pipe(shared: Arc<Shared>, client: TcpStream) {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 shared.cut(mode);
                 return;
+            }
+            if shared.frozen.load(Ordering::SeqCst) {
+                continue;
             }
             if sw.write_all(&buf[..n]).await.is_err() {
                 return;
@@ -714,6 +732,10 @@ async fn a_long_outage_mid_run_fails_the_run_and_the_next_run_finishes() {
         notices >= 1,
         "the next report tells of the stale run: {next}"
     );
+    assert!(
+        next["notices"].to_string().contains("Run 1 did not finish"),
+        "{next}"
+    );
     let finished = lib.assert_ledger_equals_data("after the next run").await;
     let (again, _) = lib.run_ok().await;
     assert_eq!(affected(&again), 0, "{again}");
@@ -914,4 +936,29 @@ async fn a_two_second_blip_outside_a_batch_is_retried_and_the_run_ends_ok() {
         ));
     }
     eprintln!("outage figures (outside a batch): {}", figures.join("; "));
+}
+
+/// The server goes silent mid-run without closing anything (a hung host, a firewall
+/// dropping an established flow): the run should fail within a bounded time, with the
+/// failure report, as when the connection drops.
+///
+/// Known failure, left for a decision: no statement or socket timeout exists, so the
+/// batch waits for its answer forever (over 90 s seen, no log line, no retry); a
+/// daemon would never run again. See RELIABILITY.md, "Outages".
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "known: a connection that goes silent hangs the run (no statement timeout)"]
+async fn a_silent_database_mid_run_fails_the_run_in_bounded_time() {
+    let Some(lib) = library(6000, "30 2 * * *").await else {
+        return;
+    };
+    let mut run = lib.lethe(&["run", "--once", "--json"]);
+    run.batches(20, Duration::from_secs(60)).await;
+    lib.proxy.freeze();
+    let out = run.exit(Duration::from_secs(180)).await;
+    lib.proxy.restore();
+    no_panic(&out);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(lib.outbox().len(), 1, "a failure report");
+    lib.assert_ledger_equals_data("after the silent outage")
+        .await;
 }
