@@ -114,7 +114,17 @@ async fn enforce(
         }
         Ok(summary)
     }
-    .await;
+    .await
+    .map_err(|e| match e {
+        // The driver's text ("pool timed out while waiting for an open connection")
+        // does not say which database, nor what became of the work.
+        EngineError::Database(m) => EngineError::Database(format!(
+            "the database {} failed during the run: {m}. Whatever was committed before stands, counted in the \
+             ledger; the next run finishes the work",
+            cfg.database.display_url
+        )),
+        other => other,
+    });
     db.close().await;
     result
 }

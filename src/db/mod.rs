@@ -93,6 +93,29 @@ pub fn is_transient(e: &DbError) -> bool {
     }
 }
 
+/// The cause behind sqlx's `PoolTimedOut` when a pool could not make its first
+/// connection within `waited`: one more direct attempt (at most 5 s) gives the error
+/// the server or the network returns ("Connection refused"), or shows that nothing
+/// answers at all (a firewall or a dead network path dropping packets).
+async fn timed_out_cause<O>(opts: &O, waited: Duration) -> String
+where
+    O: sqlx::ConnectOptions,
+    O::Connection: Sized,
+{
+    let secs = waited.as_secs();
+    match tokio::time::timeout(Duration::from_secs(5), opts.connect()).await {
+        Ok(Err(e)) => format!("{e} (tried for {secs} s)"),
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+            format!("no connection within {secs} s (the server answers now: try again)")
+        }
+        Err(_) => format!(
+            "no answer from the server within {} s (a firewall or a dead network path dropping packets?)",
+            secs + 5
+        ),
+    }
+}
+
 /// A pool for one backend.
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -219,8 +242,11 @@ impl Tx {
 
 impl Db {
     /// Connects with a small pool (2 connections, 10 s acquire timeout) and checks the
-    /// connection at once, so a wrong URL fails at start with the real cause (sqlx
-    /// otherwise reports only `PoolTimedOut`). A SQLite file must exist.
+    /// connection at once, so a wrong URL fails at start with the real cause. A server
+    /// that refuses connections is tried again for those 10 s (it may be restarting),
+    /// and one that never answers is waited for as long; sqlx then reports only
+    /// `PoolTimedOut`, so one more direct attempt names the cause (see
+    /// [`timed_out_cause`]). A SQLite file must exist.
     ///
     /// # Errors
     /// [`DbError::Connect`] with the URL (without password) and the cause.
@@ -271,24 +297,42 @@ impl Db {
                 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
                 use std::str::FromStr;
                 let opts = MySqlConnectOptions::from_str(url).map_err(fail)?;
-                let pool = MySqlPoolOptions::new()
+                let pool = match MySqlPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
-                    .connect_with(opts)
+                    .connect_with(opts.clone())
                     .await
-                    .map_err(fail)?;
+                {
+                    Ok(pool) => pool,
+                    Err(sqlx::Error::PoolTimedOut) => {
+                        return Err(DbError::Connect {
+                            url: display_url.to_string(),
+                            cause: timed_out_cause(&opts, timeout).await,
+                        });
+                    }
+                    Err(e) => return Err(fail(e)),
+                };
                 Ok(Db::MySql(pool))
             }
             Backend::Postgres => {
                 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
                 use std::str::FromStr;
                 let opts = PgConnectOptions::from_str(url).map_err(fail)?;
-                let pool = PgPoolOptions::new()
+                let pool = match PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
-                    .connect_with(opts)
+                    .connect_with(opts.clone())
                     .await
-                    .map_err(fail)?;
+                {
+                    Ok(pool) => pool,
+                    Err(sqlx::Error::PoolTimedOut) => {
+                        return Err(DbError::Connect {
+                            url: display_url.to_string(),
+                            cause: timed_out_cause(&opts, timeout).await,
+                        });
+                    }
+                    Err(e) => return Err(fail(e)),
+                };
                 Ok(Db::Postgres(pool))
             }
         }

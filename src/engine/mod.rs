@@ -75,9 +75,12 @@ pub fn safe_db_message(e: &DbError) -> String {
 /// lock wait timeout, server shutting down) is tried again before the class fails.
 pub const BATCH_RETRIES: u32 = 5;
 
-/// The pause before retry `attempt` (1-based): 0.5 s, 1 s, 2 s, 4 s, 8 s (15.5 s in all,
-/// enough for a server restart or a failover; a longer outage fails the run, and the
-/// next scheduled run finishes the work).
+/// The pause before retry `attempt` (1-based): 0.5 s, 1 s, 2 s, 4 s, 8 s (15.5 s of
+/// pauses). While the server is down each try also waits up to the pool's 10 s acquire
+/// timeout for a connection ([`Db::connect`]), so a run rides out an outage of about a
+/// minute (a batch gave up 65 s after the cut in `tests/it/outage.rs`), enough for a
+/// server restart or a failover; a longer outage fails the run, and the next scheduled
+/// run finishes the work.
 pub fn retry_backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(500u64 << attempt.saturating_sub(1).min(6))
 }
@@ -112,6 +115,50 @@ macro_rules! retrying {
             }
         }
     }};
+}
+
+/// [`retrying!`] for the steps of a run around its batches (counting a class, reading
+/// its key range, writing its ledger row, closing the run): the same pauses and number
+/// of tries, so a blip between two batches is ridden out like one inside a batch. A
+/// cancellation during a pause gives up with the error. Each step is safe to repeat:
+/// reads, and ledger updates that set values; opening a class inserts its row, and a
+/// retry after an insert that committed without its answer fails on the duplicate key
+/// (not transient): the run fails, the ledger stays right.
+async fn retrying_step<T, F, Fut>(
+    run_id: i64,
+    class: &str,
+    step: &'static str,
+    cancel: &CancellationToken,
+    mut call: F,
+) -> Result<T, DbError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if crate::db::is_transient(&e) && attempt < BATCH_RETRIES => {
+                attempt += 1;
+                let pause = retry_backoff(attempt);
+                tracing::warn!(
+                    run_id,
+                    class,
+                    step,
+                    attempt,
+                    pause_ms = pause.as_millis() as u64,
+                    error = %safe_db_message(&e),
+                    "transient database error: trying the step again"
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(e),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What a class's SQL needs from the database, read once per run.
@@ -703,8 +750,8 @@ pub async fn enforce_once(
     let mut notices: Vec<String> = missed_run(cfg, db, opts.now).await?.into_iter().collect();
     for (id, changed) in ledger::close_stale_runs(db).await? {
         notices.push(format!(
-            "Run {id} did not finish: the worker stopped (power loss or killed). Its {changed} committed changes are \
-             recorded in the ledger; this run finishes the work."
+            "Run {id} did not finish: the worker stopped (killed, power loss) or lost the database before closing it. \
+             Its {changed} committed changes are recorded in the ledger; this run finishes the work."
         ));
     }
     for n in &notices {
@@ -756,7 +803,10 @@ pub async fn enforce_once(
         RunStatus::Ok
     };
     let finished_at = Utc::now().max(started_at);
-    ledger::close_run(db, run_id, status, finished_at, None).await?;
+    retrying_step(run_id, "", "close run", &opts.cancel, || {
+        ledger::close_run(db, run_id, status, finished_at, None)
+    })
+    .await?;
     tracing::info!(run_id, status = status.as_str(), "run finished");
     Ok(RunSummary {
         run_id: Some(run_id),
@@ -791,25 +841,38 @@ async fn enforce_class(
         status: ClassStatus::Ok,
         error: None,
     };
-    let first = match count(db, class, b).await {
+    let name = class.name.as_str();
+    let cancel = &opts.cancel;
+    let first = match retrying_step(run_id, name, "count", cancel, || count(db, class, b)).await {
         Ok(c) => c,
         Err(e) => {
             s.status = ClassStatus::Failed;
             s.error = Some(safe_db_message(&e));
-            ledger::open_class(db, run_id, pos, &s).await?;
-            ledger::close_class(db, run_id, &s).await?;
+            retrying_step(run_id, name, "open class", cancel, || {
+                ledger::open_class(db, run_id, pos, &s)
+            })
+            .await?;
+            retrying_step(run_id, name, "close class", cancel, || {
+                ledger::close_class(db, run_id, &s)
+            })
+            .await?;
             return Ok((s, false));
         }
     };
     s.eligible = first.eligible;
     s.kept = first.kept;
-    ledger::open_class(db, run_id, pos, &s).await?;
+    retrying_step(run_id, name, "open class", cancel, || {
+        ledger::open_class(db, run_id, pos, &s)
+    })
+    .await?;
 
     let mut interrupted = false;
     if cfg.safety.mode == Mode::Enforce && first.eligible > 0 {
-        let range = db
-            .read_row_i64(&sql::range_query(class, db.backend()))
-            .await?;
+        let range_query = sql::range_query(class, db.backend());
+        let range = retrying_step(run_id, name, "key range", cancel, || {
+            db.read_row_i64(&range_query)
+        })
+        .await?;
         let (lo, hi, total) = (
             range.first().copied().flatten(),
             range.get(1).copied().flatten(),
@@ -844,7 +907,8 @@ async fn enforce_class(
                 if interrupted {
                     break;
                 }
-                let after = count(db, class, b).await?;
+                let after =
+                    retrying_step(run_id, name, "count", cancel, || count(db, class, b)).await?;
                 s.kept = after.kept;
                 if after.eligible == 0 {
                     break;
@@ -864,7 +928,10 @@ async fn enforce_class(
             }
         }
     }
-    s.affected = ledger::affected(db, run_id, &class.name).await?;
+    s.affected = retrying_step(run_id, name, "read count back", cancel, || {
+        ledger::affected(db, run_id, name)
+    })
+    .await?;
     // A pass can change rows that became eligible during it through the class's own
     // changes (a guarantor after its child, further on in the same pass): count them as
     // eligible too, so that eligible never reads less than what was changed.
@@ -873,7 +940,10 @@ async fn enforce_class(
         s.error =
             Some("interrupted: committed batches stand; the next run finishes the work".into());
     }
-    ledger::close_class(db, run_id, &s).await?;
+    retrying_step(run_id, name, "close class", cancel, || {
+        ledger::close_class(db, run_id, &s)
+    })
+    .await?;
     tracing::info!(
         run_id,
         class = %class.name,

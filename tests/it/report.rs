@@ -463,7 +463,7 @@ fn open_report(raw: &str) -> Opened {
 }
 
 /// Subject, text part and HTML part of a received or outboxed message.
-fn open(raw: &str) -> (String, String, String) {
+pub(crate) fn open(raw: &str) -> (String, String, String) {
     let o = open_report(raw);
     (o.subject, o.text, o.html)
 }
