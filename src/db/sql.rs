@@ -172,18 +172,11 @@ pub fn condition(class: &ClassDef, c: &Condition, b: &Bindings) -> SqCond {
     }
 }
 
-/// `EXISTS (WITH RECURSIVE lethe_chain AS (SELECT row.key, row.parent UNION SELECT
-/// p.key, p.parent FROM table p JOIN lethe_chain ON p.key = lethe_chain.parent) SELECT 1
-/// FROM table o JOIN lethe_chain ON o.key = lethe_chain.id WHERE <filter on o>)`: the
-/// row or one of its ancestors meets the filter. `UNION` (not `UNION ALL`) ends the
-/// recursion even on a cyclic chain. The anchor refers to the outer row, which
-/// PostgreSQL allows inside a sub-select (MariaDB does not: `check` refuses chain
-/// conditions there).
-fn chain_condition(class: &ClassDef, parent: &Ident, filter: &[ColumnTest]) -> SqCond {
-    let mut anchor = Query::select();
-    anchor
-        .expr_as(tcol(&class.table, &class.key), Alias::new(CHAIN_ID))
-        .expr_as(tcol(&class.table, parent), Alias::new(CHAIN_PARENT));
+/// `WITH RECURSIVE lethe_chain (lethe_id, lethe_parent) AS (<anchor> UNION SELECT p.key,
+/// p.parent FROM table p JOIN lethe_chain ON p.key = lethe_chain.lethe_parent)`: the
+/// anchor's rows and every row before them in their chains. `UNION` (not `UNION ALL`)
+/// ends the recursion even on a cyclic chain. `anchor` selects `(key, parent)`.
+fn chain_cte(class: &ClassDef, parent: &Ident, mut anchor: SelectStatement) -> WithClause {
     let mut step = Query::select();
     step.expr(Expr::col((
         Alias::new(PREV),
@@ -202,6 +195,22 @@ fn chain_condition(class: &ClassDef, parent: &Ident, filter: &[ColumnTest]) -> S
         .columns([Alias::new(CHAIN_ID), Alias::new(CHAIN_PARENT)])
         .table_name(Alias::new(CHAIN))
         .to_owned();
+    WithClause::new().recursive(true).cte(cte).to_owned()
+}
+
+/// `EXISTS (WITH RECURSIVE lethe_chain AS (SELECT row.key, row.parent UNION SELECT
+/// p.key, p.parent FROM table p JOIN lethe_chain ON p.key = lethe_chain.parent) SELECT 1
+/// FROM table o JOIN lethe_chain ON o.key = lethe_chain.id WHERE <filter on o>)`: the
+/// row or one of its ancestors meets the filter. `UNION` (not `UNION ALL`) ends the
+/// recursion even on a cyclic chain. The anchor refers to the outer row, which
+/// PostgreSQL allows inside a sub-select (MariaDB does not: `check` refuses chain
+/// conditions there).
+fn chain_condition(class: &ClassDef, parent: &Ident, filter: &[ColumnTest]) -> SqCond {
+    let mut anchor = Query::select();
+    anchor
+        .expr_as(tcol(&class.table, &class.key), Alias::new(CHAIN_ID))
+        .expr_as(tcol(&class.table, parent), Alias::new(CHAIN_PARENT));
+    let with = chain_cte(class, parent, anchor);
     let mut last = Query::select();
     last.expr(Expr::val(1))
         .from_as(table_ref(&class.table), Alias::new(OTHER))
@@ -212,7 +221,6 @@ fn chain_condition(class: &ClassDef, parent: &Ident, filter: &[ColumnTest]) -> S
     for f in filter {
         last.cond_where(column_test(ocol(f.column()), f));
     }
-    let with = WithClause::new().recursive(true).cte(cte).to_owned();
     let e = Expr::SubQuery(
         Some(SubQueryOper::Exists),
         Box::new(SubQueryStatement::WithStatement(with.query(last))),
@@ -623,27 +631,9 @@ pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement>
                 )
                 .from(table_ref(&class.table))
                 .and_where(Expr::col(Alias::new(class.key.as_str())).is_in(keys.iter().copied()));
-            let mut step = Query::select();
-            step.expr(Expr::col((
-                Alias::new(PREV),
-                Alias::new(class.key.as_str()),
-            )))
-            .expr(Expr::col((Alias::new(PREV), Alias::new(parent.as_str()))))
-            .from_as(table_ref(&class.table), Alias::new(PREV))
-            .inner_join(
-                Alias::new(CHAIN),
-                Expr::col((Alias::new(PREV), Alias::new(class.key.as_str())))
-                    .equals((Alias::new(CHAIN), Alias::new(CHAIN_PARENT))),
-            );
-            anchor.union(UnionType::Distinct, step);
-            let cte = CommonTableExpression::new()
-                .query(anchor)
-                .columns([Alias::new(CHAIN_ID), Alias::new(CHAIN_PARENT)])
-                .table_name(Alias::new(CHAIN))
-                .to_owned();
+            let with = chain_cte(class, parent, anchor);
             let mut last = Query::select();
             last.column(Alias::new(CHAIN_ID)).from(Alias::new(CHAIN));
-            let with = WithClause::new().recursive(true).cte(cte).to_owned();
             tcol(&class.table, &class.key).binary(
                 sea_query::BinOper::In,
                 Expr::SubQuery(
