@@ -135,6 +135,12 @@ pub async fn run_daemon(cfg: &Config, cancel: CancellationToken) -> Result<(), D
             break Ok(());
         }
     };
+    if cancel.is_cancelled() {
+        // The supervisor task says STOPPING=1 as soon as the signal arrives, but the
+        // loop can end (and drop it) before that task is polled: say it here too, so
+        // systemd always hears it (a repeated STOPPING=1 is harmless).
+        notifier.stopping("stopping: Lethe exits");
+    }
     let _ = sched.shutdown().await;
     tracing::info!("daemon stopped");
     result
