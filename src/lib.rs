@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod legal_hold;
 pub mod ops;
 pub mod policy;
+pub mod pseudonym;
 pub mod publish;
 pub mod report;
 pub mod schedule;

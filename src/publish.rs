@@ -61,6 +61,12 @@ pub fn entry(class: &ClassDef) -> Entry {
                 .to_string()
         }
         Action::Delete => "It is deleted.".to_string(),
+        Action::Pseudonymize => {
+            "It is pseudonymized: the record stays, for the library's statistics, but your patron number \
+             in it is replaced by a code that cannot be traced back to you without a secret key the \
+             library keeps apart from the data."
+                .to_string()
+        }
         Action::Purge => {
             "It is purged by the library system's own procedure: your personal details are erased and what \
              is linked to you is deleted or kept only as statistics that no longer point to you."

@@ -40,14 +40,20 @@ pub enum Action {
     /// transaction (Evergreen `actor.usr_delete`: a patron row stays, scrubbed, and the
     /// patron's dependent rows go).
     Purge,
+    /// Like anonymize, but the patron id is replaced by a keyed pseudonym (HMAC-SHA-256
+    /// under a secret outside the YAML) instead of being removed, so that counts of
+    /// distinct borrowers survive (library privacy guidance allows anonymous or
+    /// aggregated data for analysis; Koha's own `pseudonymized_transactions` works alike).
+    Pseudonymize,
 }
 
 impl Action {
-    /// `delete`, `anonymize` or `purge`.
+    /// `delete`, `anonymize`, `pseudonymize` or `purge`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Delete => "delete",
             Action::Anonymize => "anonymize",
+            Action::Pseudonymize => "pseudonymize",
             Action::Purge => "purge",
         }
     }

@@ -431,6 +431,11 @@ pub enum Strategy {
     AnonymousPatron,
     /// A fixed value.
     SetValue(Scalar),
+    /// A keyed pseudonym of the column's own value (an integer patron id): a negative
+    /// number from HMAC-SHA-256 under the installation's secret
+    /// ([`crate::pseudonym`]), so that rows of one patron still share a value while the
+    /// id is gone. Only in action pseudonymize.
+    Pseudonym,
 }
 
 /// Rows of another table deleted with each deleted row, in the same transaction.
@@ -451,8 +456,11 @@ pub struct ClassDef {
     pub description: String,
     /// The table.
     pub table: TableName,
-    /// Its integer primary key (batches walk it).
-    pub key: Ident,
+    /// Its integer primary key (batches walk it). `None` for a table with no primary
+    /// key at all (Koha's `statistics` and `deletedborrowers`): each batch then changes at
+    /// most `safety.batch_size` eligible rows, picked by the database (MySQL
+    /// `UPDATE/DELETE … LIMIT`, SQLite `rowid`, PostgreSQL `ctid`), until none is left.
+    pub key: Option<Ident>,
     /// The age.
     pub age: Age,
     /// The retention period.
@@ -483,6 +491,18 @@ pub struct ClassDef {
     /// Columns rewritten before the action where they hold the row's patron.
     pub unlink: Option<Unlink>,
 }
+
+impl ClassDef {
+    /// The column batches walk: the key, or for a table without a primary key SQLite's
+    /// implicit `rowid`. Only SQLite reaches the key-range builders for a keyless class;
+    /// on MySQL and PostgreSQL the engine uses the row-limit statements instead.
+    pub fn batch_key(&self) -> Ident {
+        self.key.clone().unwrap_or_else(|| Ident("rowid".into()))
+    }
+}
+
+/// The environment variable holding the pseudonym key when `pseudonyms:` names none.
+pub const DEFAULT_PSEUDONYM_KEY_ENV: &str = "LETHE_PSEUDONYM_KEY";
 
 /// Where the anonymous patron's id is read from.
 #[derive(Debug, Clone, PartialEq)]
@@ -522,6 +542,10 @@ pub struct Config {
     pub anonymous_patron: Option<AnonymousPatronSource>,
     /// The enabled classes, profile order first, then the file's own.
     pub classes: Vec<ClassDef>,
+    /// The secret of the `pseudonym` strategy, when a class pseudonymizes: read from
+    /// `pseudonyms.key_env` (default `LETHE_PSEUDONYM_KEY`) or `pseudonyms.key_file`,
+    /// never from the YAML itself; at least 32 bytes.
+    pub pseudonym_key: Option<SecretString>,
 }
 
 /// Reads and validates the file at `path`. Relative paths inside it (a SQLite URL, the
@@ -865,6 +889,7 @@ impl Validator<'_> {
             }
         }
 
+        let pseudonym_key = self.pseudonym_key(raw.pseudonyms.as_ref(), &classes);
         if database
             .as_ref()
             .is_some_and(|d| d.backend == Backend::Sqlite)
@@ -891,7 +916,74 @@ impl Validator<'_> {
             profile: raw.profile,
             anonymous_patron,
             classes,
+            pseudonym_key,
         })
+    }
+
+    /// The pseudonym key, read only when a class uses it (see [`Config::pseudonym_key`]).
+    fn pseudonym_key(
+        &mut self,
+        raw: Option<&raw::RawPseudonyms>,
+        classes: &[ClassDef],
+    ) -> Option<SecretString> {
+        let user = classes
+            .iter()
+            .find(|c| c.anonymize.iter().any(|(_, s)| *s == Strategy::Pseudonym))?;
+        let path = "pseudonyms";
+        let (env_name, file) = match raw {
+            Some(r) if r.key_env.is_some() && r.key_file.is_some() => {
+                self.err(path, "give key_env or key_file, not both");
+                return None;
+            }
+            Some(r) => (r.key_env.clone(), r.key_file.clone()),
+            None => (None, None),
+        };
+        let (value, wherefrom) = match (env_name, file) {
+            (_, Some(f)) => {
+                let p = self.base.join(&f);
+                match std::fs::read_to_string(&p) {
+                    Ok(s) => (
+                        Some(s.lines().next().unwrap_or("").trim().to_string()),
+                        format!("file {}", p.display()),
+                    ),
+                    Err(e) => {
+                        self.err(
+                            &format!("{path}.key_file"),
+                            format!("cannot read {}: {e}", p.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (n, None) => {
+                let n = n.unwrap_or_else(|| DEFAULT_PSEUDONYM_KEY_ENV.to_string());
+                ((self.lookup)(&n), format!("environment variable {n}"))
+            }
+        };
+        match value {
+            None => {
+                self.err(
+                    path,
+                    format!(
+                        "class {} pseudonymizes, but {wherefrom} is not set: give the secret key \
+                         (e.g. `openssl rand -hex 32`) there, never in this file",
+                        user.name
+                    ),
+                );
+                None
+            }
+            Some(v) if v.len() < crate::pseudonym::MIN_KEY_BYTES => {
+                self.err(
+                    path,
+                    format!(
+                        "the pseudonym key in {wherefrom} is shorter than {} bytes",
+                        crate::pseudonym::MIN_KEY_BYTES
+                    ),
+                );
+                None
+            }
+            Some(v) => Some(SecretString::from(v)),
+        }
     }
 
     fn database(&mut self, d: Option<&raw::RawDatabase>) -> Option<DatabaseConfig> {
@@ -1381,7 +1473,11 @@ impl Validator<'_> {
         if let Some(why) = table.as_ref().and_then(forbidden_table) {
             self.err(&format!("{p}.table"), why);
         }
-        let key = self.ident(&format!("{p}.key"), c.key.as_deref());
+        // No key: a table without a primary key (checked against the catalog).
+        let key = match c.key.as_deref() {
+            None => None,
+            k => self.ident(&format!("{p}.key"), k),
+        };
         let age = match &c.age {
             None => {
                 self.err(&p, "missing: age (columns and type)");
@@ -1462,13 +1558,17 @@ impl Validator<'_> {
             Some("delete") => Some(Action::Delete),
             Some("anonymize") => Some(Action::Anonymize),
             Some("purge") => Some(Action::Purge),
+            Some("pseudonymize") => Some(Action::Pseudonymize),
             None => {
-                self.err(&p, "missing: action (delete, anonymize or purge)");
+                self.err(
+                    &p,
+                    "missing: action (delete, anonymize, pseudonymize or purge)",
+                );
                 None
             }
             Some(other) => {
                 let m = format!(
-                    "unknown action {:?} (use delete, anonymize or purge)",
+                    "unknown action {:?} (use delete, anonymize, pseudonymize or purge)",
                     truncate(other)
                 );
                 self.err(&format!("{p}.action"), m);
@@ -1502,9 +1602,31 @@ impl Validator<'_> {
             false,
         );
         let mut anonymize = Vec::new();
-        if let Some(map) = &c.anonymize {
+        let (map_name, map) = match (action, &c.anonymize, &c.pseudonymize) {
+            (_, Some(_), Some(_)) => {
+                self.err(
+                    &format!("{p}.pseudonymize"),
+                    "give anonymize: or pseudonymize:, not both",
+                );
+                ("anonymize", None)
+            }
+            (Some(Action::Pseudonymize), Some(_), None) => {
+                self.err(
+                    &format!("{p}.anonymize"),
+                    "action pseudonymize takes pseudonymize: (a strategy per column)",
+                );
+                ("anonymize", None)
+            }
+            (Some(a), None, Some(_)) if a != Action::Pseudonymize => {
+                self.err(&format!("{p}.pseudonymize"), "only for action pseudonymize");
+                ("pseudonymize", None)
+            }
+            (_, None, Some(m)) => ("pseudonymize", Some(m)),
+            (_, m, None) => ("anonymize", m.as_ref()),
+        };
+        if let Some(map) = map {
             for (col, strat) in map {
-                let cp = format!("{p}.anonymize.{col}");
+                let cp = format!("{p}.{map_name}.{col}");
                 let ident = self.ident(&cp, Some(col));
                 let s = match strat {
                     RawStrategy::Name(n) if n == "set_null" => Some(Strategy::SetNull),
@@ -1514,9 +1636,15 @@ impl Validator<'_> {
                         }
                         Some(Strategy::AnonymousPatron)
                     }
+                    RawStrategy::Name(n) if n == "pseudonym" => {
+                        if action != Some(Action::Pseudonymize) {
+                            self.err(&cp, "pseudonym is only for action pseudonymize");
+                        }
+                        Some(Strategy::Pseudonym)
+                    }
                     RawStrategy::Name(n) => {
                         let m = format!(
-                            "unknown strategy {:?} (use set_null, anonymous_patron or {{ set_value: X }})",
+                            "unknown strategy {:?} (use set_null, anonymous_patron, pseudonym or {{ set_value: X }})",
                             truncate(n)
                         );
                         self.err(&cp, m);
@@ -1536,6 +1664,23 @@ impl Validator<'_> {
                     "action anonymize needs anonymize: (a strategy per column)",
                 );
             }
+            Some(Action::Pseudonymize) => {
+                let n = anonymize
+                    .iter()
+                    .filter(|(_, s)| *s == Strategy::Pseudonym)
+                    .count();
+                if c.pseudonymize.is_some() && n != 1 {
+                    self.err(
+                        &format!("{p}.pseudonymize"),
+                        "needs exactly one column with strategy pseudonym (the patron id)",
+                    );
+                } else if c.pseudonymize.is_none() && c.anonymize.is_none() {
+                    self.err(
+                        &p,
+                        "action pseudonymize needs pseudonymize: { <patron id column>: pseudonym }",
+                    );
+                }
+            }
             Some(Action::Delete | Action::Purge) if c.anonymize.is_some() => {
                 self.err(&format!("{p}.anonymize"), "only for action anonymize");
             }
@@ -1544,7 +1689,7 @@ impl Validator<'_> {
         if let Some(k) = &key {
             if anonymize.iter().any(|(col, _)| col == k) {
                 self.err(
-                    &format!("{p}.anonymize.{k}"),
+                    &format!("{p}.{map_name}.{k}"),
                     "the key cannot be anonymized: batches walk it",
                 );
             }
@@ -1647,17 +1792,46 @@ impl Validator<'_> {
                 delete_with.push(Dependent { table, column });
             }
         }
-        if action == Some(Action::Anonymize) && !delete_with.is_empty() {
+        if matches!(action, Some(Action::Anonymize | Action::Pseudonymize))
+            && !delete_with.is_empty()
+        {
             self.err(&format!("{p}.delete_with"), "only for action delete");
+        }
+        if key.is_none() && c.key.is_none() {
+            // Without a key, rows cannot be named one by one: only the set-based actions.
+            let keyless =
+                |what: &str| format!("{what} needs the table's key: (its integer primary key)");
+            if action == Some(Action::Purge) {
+                self.err(&p, keyless("action purge"));
+            }
+            if !delete_with.is_empty() {
+                self.err(&format!("{p}.delete_with"), keyless("delete_with"));
+            }
+            if c.unlink.is_some() {
+                self.err(&format!("{p}.unlink"), keyless("unlink"));
+            }
+            let mut all: Vec<&Condition> = Vec::new();
+            for list in [&scope, &immediate, &purged] {
+                all.extend(list.iter().flatten());
+            }
+            all.extend(exempt.iter().map(|(_, c)| c));
+            if all.iter().any(|c| needs_key(c)) {
+                self.err(
+                    &p,
+                    keyless("an exists condition without matches, or a chain condition,"),
+                );
+            }
         }
         if self.errors.len() > before {
             return None;
         }
-        let key = key?;
         // `exists` without `matches` links to the class's key: resolve it here, so that
-        // nothing downstream sees an unresolved link.
+        // nothing downstream sees an unresolved link (a class without a key has none:
+        // checked above).
         let resolve = |mut c: Condition| {
-            resolve_matches(&mut c, &key);
+            if let Some(key) = &key {
+                resolve_matches(&mut c, key);
+            }
             c
         };
         Some(ClassDef {
@@ -1932,6 +2106,17 @@ impl Validator<'_> {
     }
 }
 
+/// Whether `c` needs the class's key: an `exists` without `matches`, or a chain.
+fn needs_key(c: &Condition) -> bool {
+    match c {
+        Condition::Exists { matches, .. } => matches.as_str().is_empty(),
+        Condition::Chain { .. } => true,
+        Condition::All(list) | Condition::Any(list) => list.iter().any(needs_key),
+        Condition::Not(x) => needs_key(x),
+        _ => false,
+    }
+}
+
 /// Gives every `exists` without `matches` (anywhere in `c`) the class's key.
 fn resolve_matches(c: &mut Condition, key: &Ident) {
     match c {
@@ -1997,8 +2182,11 @@ fn truncate(s: &str) -> String {
 /// `delete_with`) and the `anonymize` map are added to the profile's, never replace
 /// them: a file can make a profile class keep more, never silently drop one of its
 /// protections (fail safe). Switching an anonymize class to `action: delete` drops its
-/// column strategies.
-fn merge_class(base: &mut RawClass, over: RawClass) {
+/// column strategies; giving `pseudonymize:` replaces them. Naming a class turns it on
+/// unless the file says `enabled: false`.
+fn merge_class(base: &mut RawClass, mut over: RawClass) {
+    // Naming a profile class in the file turns it on (profiles ship some classes off).
+    over.enabled = over.enabled.or(Some(true));
     macro_rules! take {
         ($($f:ident),*) => { $( if over.$f.is_some() { base.$f = over.$f; } )* };
     }
@@ -2009,6 +2197,12 @@ fn merge_class(base: &mut RawClass, over: RawClass) {
     }
     if over.action.as_deref() == Some("delete") && over.anonymize.is_none() {
         base.anonymize = None;
+    }
+    // Switching to pseudonymize replaces the column strategies: the patron column takes
+    // a pseudonym instead of being cleared (the other protections stay).
+    if over.pseudonymize.is_some() {
+        base.anonymize = None;
+        base.pseudonymize = over.pseudonymize;
     }
     if let Some(more) = over.anonymize {
         base.anonymize

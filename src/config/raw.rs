@@ -27,6 +27,19 @@ pub struct RawConfig {
     pub anonymous_patron: Option<RawAnonymousPatron>,
     /// Classes of records, by name: added to or overriding the profile's.
     pub classes: Option<IndexMap<String, RawClass>>,
+    /// Where the secret key of the `pseudonym` strategy is read from.
+    pub pseudonyms: Option<RawPseudonyms>,
+}
+
+/// `pseudonyms:`: the secret key of the `pseudonym` strategy, from the environment or a
+/// file, never from the YAML.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPseudonyms {
+    /// Environment variable holding the key (default `LETHE_PSEUDONYM_KEY`).
+    pub key_env: Option<String>,
+    /// File whose first line is the key (e.g. under `/etc/lethe/`, readable only by Lethe).
+    pub key_file: Option<String>,
 }
 
 /// `database:`.
@@ -142,6 +155,9 @@ pub struct RawClass {
     pub action: Option<String>,
     /// For anonymize: column → strategy.
     pub anonymize: Option<IndexMap<String, RawStrategy>>,
+    /// For pseudonymize: column → strategy; exactly one column takes `pseudonym` (the
+    /// patron id), the others any anonymize strategy.
+    pub pseudonymize: Option<IndexMap<String, RawStrategy>>,
     /// Conditions every row of the class meets (all must hold).
     pub scope: Option<Vec<RawCondition>>,
     /// Conditions under which a row is past its period at once, whatever its age (all
@@ -229,7 +245,7 @@ pub struct RawAge {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum RawStrategy {
-    /// `set_null` or `anonymous_patron`.
+    /// `set_null`, `anonymous_patron` or `pseudonym`.
     Name(String),
     /// `{ set_value: X }`.
     Value(RawSetValue),

@@ -505,11 +505,22 @@ impl Db {
         for c in &cfg.classes {
             if let Some(cols) = cache.get(&c.table).filter(|c| !c.is_empty()) {
                 let pk = self.primary_key(&c.table).await?;
-                if !(pk.len() == 1 && pk[0].eq_ignore_ascii_case(c.key.as_str())) {
-                    problems.push(format!(
-                        "classes.{}: key {}.{} is not the table's primary key: batches need a unique integer key",
-                        c.name, c.table, c.key
-                    ));
+                match &c.key {
+                    Some(key) if !(pk.len() == 1 && pk[0].eq_ignore_ascii_case(key.as_str())) => {
+                        problems.push(format!(
+                            "classes.{}: key {}.{key} is not the table's primary key: batches need a unique integer key",
+                            c.name, c.table
+                        ));
+                    }
+                    None if pk.len() == 1 => {
+                        problems.push(format!(
+                            "classes.{}: table {} has a primary key ({}): name it as key:",
+                            c.name,
+                            c.table,
+                            pk.join(", ")
+                        ));
+                    }
+                    _ => {}
                 }
                 for a in &c.age.columns {
                     if let Some((_, ty)) = cols
@@ -524,15 +535,33 @@ impl Db {
                         }
                     }
                 }
-                if let Some((_, ty)) = cols
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(c.key.as_str()))
-                {
-                    if !ty.contains("int") {
-                        problems.push(format!(
-                            "classes.{}: key {}.{} is of type {ty}: batches need an integer key",
-                            c.name, c.table, c.key
-                        ));
+                if let Some(key) = &c.key {
+                    if let Some((_, ty)) = cols
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(key.as_str()))
+                    {
+                        if !ty.contains("int") {
+                            problems.push(format!(
+                                "classes.{}: key {}.{key} is of type {ty}: batches need an integer key",
+                                c.name, c.table
+                            ));
+                        }
+                    }
+                }
+                for (col, s) in &c.anonymize {
+                    if *s != crate::config::Strategy::Pseudonym {
+                        continue;
+                    }
+                    if let Some((_, ty)) = cols
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(col.as_str()))
+                    {
+                        if !ty.contains("int") {
+                            problems.push(format!(
+                                "classes.{}: pseudonym column {}.{col} is of type {ty}: pseudonyms are written into integer patron ids",
+                                c.name, c.table
+                            ));
+                        }
                     }
                 }
             }
@@ -818,7 +847,9 @@ impl Db {
 
 fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>) {
     let ctx = format!("classes.{}", c.name);
-    out.push((ctx.clone(), c.table.clone(), c.key.clone()));
+    if let Some(key) = &c.key {
+        out.push((ctx.clone(), c.table.clone(), key.clone()));
+    }
     for a in &c.age.columns {
         out.push((ctx.clone(), c.table.clone(), a.clone()));
     }

@@ -56,6 +56,8 @@ pub struct Bindings {
     /// Whether Lethe's legal-hold table exists yet (created by the first run's
     /// migration; before it, no hold can exist).
     pub legal_holds: bool,
+    /// The pseudonym key, for classes that pseudonymize (redacted in `Debug`).
+    pub pseudonym_key: Option<Arc<secrecy::SecretString>>,
 }
 
 /// A (schema-qualified) table name for sea-query.
@@ -180,13 +182,13 @@ fn chain_cte(class: &ClassDef, parent: &Ident, mut anchor: SelectStatement) -> W
     let mut step = Query::select();
     step.expr(Expr::col((
         Alias::new(PREV),
-        Alias::new(class.key.as_str()),
+        Alias::new(class.batch_key().as_str()),
     )))
     .expr(Expr::col((Alias::new(PREV), Alias::new(parent.as_str()))))
     .from_as(table_ref(&class.table), Alias::new(PREV))
     .inner_join(
         Alias::new(CHAIN),
-        Expr::col((Alias::new(PREV), Alias::new(class.key.as_str())))
+        Expr::col((Alias::new(PREV), Alias::new(class.batch_key().as_str())))
             .equals((Alias::new(CHAIN), Alias::new(CHAIN_PARENT))),
     );
     anchor.union(UnionType::Distinct, step);
@@ -208,7 +210,7 @@ fn chain_cte(class: &ClassDef, parent: &Ident, mut anchor: SelectStatement) -> W
 fn chain_condition(class: &ClassDef, parent: &Ident, filter: &[ColumnTest]) -> SqCond {
     let mut anchor = Query::select();
     anchor
-        .expr_as(tcol(&class.table, &class.key), Alias::new(CHAIN_ID))
+        .expr_as(tcol(&class.table, &class.batch_key()), Alias::new(CHAIN_ID))
         .expr_as(tcol(&class.table, parent), Alias::new(CHAIN_PARENT));
     let with = chain_cte(class, parent, anchor);
     let mut last = Query::select();
@@ -216,7 +218,7 @@ fn chain_condition(class: &ClassDef, parent: &Ident, filter: &[ColumnTest]) -> S
         .from_as(table_ref(&class.table), Alias::new(OTHER))
         .inner_join(
             Alias::new(CHAIN),
-            ocol(&class.key).equals((Alias::new(CHAIN), Alias::new(CHAIN_ID))),
+            ocol(&class.batch_key()).equals((Alias::new(CHAIN), Alias::new(CHAIN_ID))),
         );
     for f in filter {
         last.cond_where(column_test(ocol(f.column()), f));
@@ -310,6 +312,8 @@ fn needs_change(class: &ClassDef, b: &Bindings) -> SqCond {
             Strategy::SetValue(v) => {
                 any.add(Cond::any().add(c.clone().is_null()).add(c.ne(scalar(v))))
             }
+            // Pseudonyms are negative (crate::pseudonym): a value >= 0 is still a real id.
+            Strategy::Pseudonym => any.add(Cond::all().add(c.clone().is_not_null()).add(c.gte(0))),
         };
     }
     any
@@ -322,7 +326,11 @@ pub fn in_period(class: &ClassDef, b: &Bindings) -> SqCond {
     for c in &class.scope {
         all = all.add(condition(class, c, b));
     }
-    if class.action == crate::summary::Action::Anonymize && !class.anonymize.is_empty() {
+    if matches!(
+        class.action,
+        crate::summary::Action::Anonymize | crate::summary::Action::Pseudonymize
+    ) && !class.anonymize.is_empty()
+    {
         all = all.add(needs_change(class, b));
     }
     let when = if class.immediate.is_empty() {
@@ -421,12 +429,12 @@ fn as_i64(e: Expr, backend: Backend) -> Expr {
 }
 
 fn key_as_i64(class: &ClassDef, backend: Backend) -> Expr {
-    as_i64(tcol(&class.table, &class.key), backend)
+    as_i64(tcol(&class.table, &class.batch_key()), backend)
 }
 
 /// `SELECT MIN(key), MAX(key), COUNT(*) FROM table`, each as a 64-bit integer.
 pub fn range_query(class: &ClassDef, backend: Backend) -> SelectStatement {
-    let k = tcol(&class.table, &class.key);
+    let k = tcol(&class.table, &class.batch_key());
     let mut q = Query::select();
     q.expr_as(
         as_i64(Func::min(k.clone()).into(), backend),
@@ -441,10 +449,13 @@ pub fn range_query(class: &ClassDef, backend: Backend) -> SelectStatement {
 /// `SELECT MIN(key) FROM table WHERE key >= from`: skips gaps in the key space.
 pub fn next_key_query(class: &ClassDef, from: i64, backend: Backend) -> SelectStatement {
     let mut q = Query::select();
-    let m = as_i64(Func::min(tcol(&class.table, &class.key)).into(), backend);
+    let m = as_i64(
+        Func::min(tcol(&class.table, &class.batch_key())).into(),
+        backend,
+    );
     q.expr_as(m, Alias::new("k"))
         .from(table_ref(&class.table))
-        .and_where(tcol(&class.table, &class.key).gte(from));
+        .and_where(tcol(&class.table, &class.batch_key()).gte(from));
     q
 }
 
@@ -462,23 +473,23 @@ pub fn eligible_keys_query(class: &ClassDef, b: &Bindings, lo: i64, hi: i64) -> 
     let mut q = Query::select();
     q.expr_as(key_as_i64(class, b.backend), Alias::new("k"))
         .from(table_ref(&class.table))
-        .and_where(tcol(&class.table, &class.key).gte(lo))
-        .and_where(tcol(&class.table, &class.key).lt(hi))
+        .and_where(tcol(&class.table, &class.batch_key()).gte(lo))
+        .and_where(tcol(&class.table, &class.batch_key()).lt(hi))
         .cond_where(eligible(class, b))
-        .order_by_expr(tcol(&class.table, &class.key), Order::Asc);
+        .order_by_expr(tcol(&class.table, &class.batch_key()), Order::Asc);
     q
 }
 
 fn key_in(class: &ClassDef, keys: &[i64]) -> Expr {
-    tcol(&class.table, &class.key).is_in(keys.iter().copied())
+    tcol(&class.table, &class.batch_key()).is_in(keys.iter().copied())
 }
 
-/// `UPDATE table SET <strategies> WHERE key IN (keys) AND <eligible>`: the predicate is
-/// checked again so that a row that stopped being eligible since it was selected (a new
-/// fine, a changed privacy setting) is left alone.
-pub fn anonymize_statement(class: &ClassDef, b: &Bindings, keys: &[i64]) -> UpdateStatement {
-    let mut u = Query::update();
-    u.table(table_ref(&class.table));
+/// The `SET` list of anonymize or pseudonymize. `pseudonyms` maps each id found in the
+/// pseudonym column of the rows at hand to its pseudonym (`CASE col WHEN id THEN p …
+/// ELSE col END`; an id missing from the map keeps its value, and the row stays
+/// eligible for the next batch).
+fn set_values(class: &ClassDef, b: &Bindings, pseudonyms: &[(i64, i64)]) -> Vec<(Alias, Expr)> {
+    let mut out = Vec::new();
     for (col, s) in &class.anonymize {
         let v: Expr = match s {
             Strategy::SetNull => Expr::null(),
@@ -487,12 +498,149 @@ pub fn anonymize_statement(class: &ClassDef, b: &Bindings, keys: &[i64]) -> Upda
                 None => Expr::null(),
             },
             Strategy::SetValue(v) => scalar(v),
+            Strategy::Pseudonym => {
+                let c = tcol(&class.table, col);
+                let mut case = sea_query::CaseStatement::new();
+                for (id, p) in pseudonyms {
+                    case = case.case(c.clone().eq(*id), Expr::val(*p));
+                }
+                if pseudonyms.is_empty() {
+                    c
+                } else {
+                    case.finally(c).into()
+                }
+            }
         };
-        u.value(Alias::new(col.as_str()), v);
+        out.push((Alias::new(col.as_str()), v));
+    }
+    out
+}
+
+/// `UPDATE table SET <strategies> WHERE key IN (keys) AND <eligible>`: the predicate is
+/// checked again so that a row that stopped being eligible since it was selected (a new
+/// fine, a changed privacy setting) is left alone. `pseudonyms`: see [`set_values`].
+pub fn anonymize_statement(
+    class: &ClassDef,
+    b: &Bindings,
+    keys: &[i64],
+    pseudonyms: &[(i64, i64)],
+) -> UpdateStatement {
+    let mut u = Query::update();
+    u.table(table_ref(&class.table));
+    for (col, v) in set_values(class, b, pseudonyms) {
+        u.value(col, v);
     }
     u.and_where(key_in(class, keys))
         .cond_where(eligible(class, b));
     u
+}
+
+/// The class's pseudonym column, if it pseudonymizes.
+pub fn pseudonym_column(class: &ClassDef) -> Option<&Ident> {
+    class
+        .anonymize
+        .iter()
+        .find(|(_, s)| *s == Strategy::Pseudonym)
+        .map(|(c, _)| c)
+}
+
+/// `SELECT DISTINCT col FROM table WHERE key IN (keys) AND <eligible>`: the ids a
+/// pseudonymize batch must map (as 64-bit integers).
+pub fn pseudonym_ids_query(
+    class: &ClassDef,
+    col: &Ident,
+    b: &Bindings,
+    keys: &[i64],
+) -> SelectStatement {
+    let mut q = Query::select();
+    q.distinct()
+        .expr_as(as_i64(tcol(&class.table, col), b.backend), Alias::new("k"))
+        .from(table_ref(&class.table))
+        .and_where(key_in(class, keys))
+        .cond_where(eligible(class, b));
+    q
+}
+
+/// For a table without a key, on MySQL and PostgreSQL: the rows one batch may change,
+/// at most `limit` of the eligible ones. PostgreSQL: `ctid IN (SELECT ctid … WHERE
+/// <eligible> LIMIT n FOR UPDATE)` (the physical row address, stable inside the
+/// transaction that locked the row); MySQL: `<eligible>` and the statement's own
+/// `LIMIT n` (set by the caller: MySQL's UPDATE and DELETE take one, and refuse a
+/// subquery on the table they change).
+fn limited_rows(class: &ClassDef, b: &Bindings, limit: u64) -> SqCond {
+    match b.backend {
+        Backend::Postgres => {
+            let mut sub = Query::select();
+            sub.column(Alias::new("ctid"))
+                .from(table_ref(&class.table))
+                .cond_where(eligible(class, b))
+                .limit(limit)
+                .lock(LockType::Update);
+            Cond::all()
+                .add(Expr::col(Alias::new("ctid")).in_subquery(sub))
+                .add(eligible(class, b))
+        }
+        _ => eligible(class, b),
+    }
+}
+
+/// Keyless pseudonymize, MySQL and PostgreSQL: the ids in the pseudonym column among
+/// at most `limit` eligible rows (locked), as 64-bit integers.
+pub fn limited_pseudonym_ids_query(
+    class: &ClassDef,
+    col: &Ident,
+    b: &Bindings,
+    limit: u64,
+) -> SelectStatement {
+    let mut q = Query::select();
+    q.expr_as(as_i64(tcol(&class.table, col), b.backend), Alias::new("k"))
+        .from(table_ref(&class.table))
+        .cond_where(eligible(class, b))
+        .limit(limit)
+        .lock(LockType::Update);
+    q
+}
+
+/// Keyless anonymize or pseudonymize, MySQL and PostgreSQL: at most `limit` eligible rows
+/// rewritten ([`limited_rows`]); with `pseudonyms`, only rows whose id is in the map.
+pub fn limited_anonymize_statement(
+    class: &ClassDef,
+    b: &Bindings,
+    limit: u64,
+    pseudonyms: &[(i64, i64)],
+) -> UpdateStatement {
+    let mut u = Query::update();
+    u.table(table_ref(&class.table));
+    for (col, v) in set_values(class, b, pseudonyms) {
+        u.value(col, v);
+    }
+    if let (Some(col), false) = (pseudonym_column(class), pseudonyms.is_empty()) {
+        u.and_where(tcol(&class.table, col).is_in(pseudonyms.iter().map(|(id, _)| *id)));
+    }
+    u.cond_where(limited_rows(class, b, limit));
+    if b.backend == Backend::MySql {
+        u.limit(limit);
+    }
+    u
+}
+
+/// Keyless delete, MySQL and PostgreSQL: at most `limit` eligible rows ([`limited_rows`]).
+pub fn limited_delete_statement(class: &ClassDef, b: &Bindings, limit: u64) -> DeleteStatement {
+    let mut d = Query::delete();
+    d.from_table(table_ref(&class.table))
+        .cond_where(limited_rows(class, b, limit));
+    if b.backend == Backend::MySql {
+        d.limit(limit);
+    }
+    d
+}
+
+/// `SELECT COUNT(*) FROM table`: the size of a keyless table, for the circuit breaker.
+pub fn table_size_query(class: &ClassDef) -> SelectStatement {
+    let mut q = Query::select();
+    q.expr_as(Func::count(Expr::col(Asterisk)), Alias::new("n"))
+        .from(table_ref(&class.table));
+    q
 }
 
 /// `DELETE FROM table WHERE key IN (keys) AND <eligible>`.
@@ -598,7 +746,7 @@ pub fn traces_query(
     inner
         .expr(Expr::val(1))
         .from(table_ref(&class.table))
-        .and_where(tcol(&class.table, &class.key).eq(ocol(&dep.column)));
+        .and_where(tcol(&class.table, &class.batch_key()).eq(ocol(&dep.column)));
     for c in &class.purged {
         inner.cond_where(condition(class, c, b));
     }
@@ -622,7 +770,7 @@ pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement>
             let mut anchor = Query::select();
             anchor
                 .expr_as(
-                    Expr::col(Alias::new(class.key.as_str())),
+                    Expr::col(Alias::new(class.batch_key().as_str())),
                     Alias::new(CHAIN_ID),
                 )
                 .expr_as(
@@ -630,11 +778,13 @@ pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement>
                     Alias::new(CHAIN_PARENT),
                 )
                 .from(table_ref(&class.table))
-                .and_where(Expr::col(Alias::new(class.key.as_str())).is_in(keys.iter().copied()));
+                .and_where(
+                    Expr::col(Alias::new(class.batch_key().as_str())).is_in(keys.iter().copied()),
+                );
             let with = chain_cte(class, parent, anchor);
             let mut last = Query::select();
             last.column(Alias::new(CHAIN_ID)).from(Alias::new(CHAIN));
-            tcol(&class.table, &class.key).binary(
+            tcol(&class.table, &class.batch_key()).binary(
                 sea_query::BinOper::In,
                 Expr::SubQuery(
                     None,

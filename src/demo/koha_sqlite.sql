@@ -304,3 +304,166 @@ CREATE TABLE systempreferences (
   explanation MEDIUMTEXT DEFAULT NULL,
   type VARCHAR(20) DEFAULT NULL
 );
+
+-- The other tables that name a patron (Lethe's Koha profile covers each).
+-- statistics and deletedborrowers have no primary key and no foreign key, as in Koha
+-- (SQLite gives them its implicit rowid).
+CREATE TABLE statistics (
+  datetime DATETIME DEFAULT NULL,
+  branch VARCHAR(10) DEFAULT NULL,
+  value DOUBLE(16,4) DEFAULT NULL,
+  type VARCHAR(16) DEFAULT NULL,
+  other LONGTEXT DEFAULT NULL,
+  itemnumber INT DEFAULT NULL,
+  itemtype VARCHAR(10) DEFAULT NULL,
+  location VARCHAR(80) DEFAULT NULL,
+  borrowernumber INT DEFAULT NULL,
+  ccode VARCHAR(80) DEFAULT NULL,
+  categorycode VARCHAR(10) DEFAULT NULL,
+  interface VARCHAR(30) DEFAULT NULL
+);
+CREATE INDEX statistics_timeidx ON statistics (datetime);
+CREATE INDEX statistics_type_idx ON statistics (type);
+CREATE INDEX statistics_borrowernumber_idx ON statistics (borrowernumber);
+
+CREATE TABLE message_queue (
+  message_id INTEGER PRIMARY KEY AUTOINCREMENT,
+  borrowernumber INT DEFAULT NULL
+    REFERENCES borrowers (borrowernumber) ON DELETE CASCADE ON UPDATE CASCADE,
+  subject MEDIUMTEXT DEFAULT NULL,
+  content MEDIUMTEXT DEFAULT NULL,
+  letter_code VARCHAR(64) DEFAULT NULL,
+  message_transport_type VARCHAR(20) NOT NULL,
+  status VARCHAR(8) NOT NULL DEFAULT 'pending'
+    CHECK (status IN ('sent', 'pending', 'failed', 'deleted')),
+  time_queued TIMESTAMP NULL DEFAULT NULL,
+  updated_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  to_address LONGTEXT DEFAULT NULL,
+  from_address LONGTEXT DEFAULT NULL
+);
+CREATE INDEX message_queue_borrowernumber ON message_queue (borrowernumber);
+
+-- No foreign key: user is the staff member, object the borrowernumber for patron modules.
+CREATE TABLE action_logs (
+  action_id INTEGER PRIMARY KEY AUTOINCREMENT,
+  timestamp TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  user INT NOT NULL DEFAULT 0,
+  module MEDIUMTEXT DEFAULT NULL,
+  action MEDIUMTEXT DEFAULT NULL,
+  object INT DEFAULT NULL,
+  info MEDIUMTEXT DEFAULT NULL,
+  interface VARCHAR(30) DEFAULT NULL,
+  diff LONGTEXT DEFAULT NULL
+);
+CREATE INDEX action_logs_timestamp_idx ON action_logs (timestamp);
+CREATE INDEX action_logs_object_idx ON action_logs (object);
+
+-- No foreign key: userid is the borrowernumber.
+CREATE TABLE search_history (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  userid INT NOT NULL,
+  sessionid VARCHAR(32) NOT NULL,
+  query_desc VARCHAR(255) NOT NULL,
+  query_cgi MEDIUMTEXT NOT NULL,
+  type VARCHAR(16) NOT NULL DEFAULT 'biblio',
+  total INT NOT NULL,
+  time TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX search_history_userid ON search_history (userid);
+
+CREATE TABLE deletedborrowers (
+  borrowernumber INT NOT NULL DEFAULT 0,
+  cardnumber VARCHAR(32) DEFAULT NULL,
+  surname LONGTEXT DEFAULT NULL,
+  firstname MEDIUMTEXT DEFAULT NULL,
+  address LONGTEXT DEFAULT NULL,
+  city LONGTEXT DEFAULT NULL,
+  email LONGTEXT DEFAULT NULL,
+  phone MEDIUMTEXT DEFAULT NULL,
+  dateofbirth DATE DEFAULT NULL,
+  branchcode VARCHAR(10) NOT NULL DEFAULT '',
+  categorycode VARCHAR(10) NOT NULL DEFAULT '',
+  dateexpiry DATE DEFAULT NULL,
+  userid VARCHAR(75) DEFAULT NULL,
+  updated_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX deletedborrowers_borrowernumber ON deletedborrowers (borrowernumber);
+
+CREATE TABLE suggestions (
+  suggestionid INTEGER PRIMARY KEY AUTOINCREMENT,
+  suggestedby INT DEFAULT NULL
+    REFERENCES borrowers (borrowernumber) ON DELETE SET NULL ON UPDATE CASCADE,
+  suggesteddate DATE NOT NULL,
+  managedby INT DEFAULT NULL
+    REFERENCES borrowers (borrowernumber) ON DELETE SET NULL ON UPDATE CASCADE,
+  manageddate DATE DEFAULT NULL,
+  STATUS VARCHAR(10) NOT NULL DEFAULT '',
+  note LONGTEXT DEFAULT NULL,
+  author VARCHAR(80) DEFAULT NULL,
+  title VARCHAR(255) DEFAULT NULL,
+  patronreason MEDIUMTEXT DEFAULT NULL,
+  branchcode VARCHAR(10) DEFAULT NULL
+);
+CREATE INDEX suggestions_suggestedby ON suggestions (suggestedby);
+
+CREATE TABLE illrequests (
+  illrequest_id INTEGER PRIMARY KEY AUTOINCREMENT,
+  borrowernumber INT DEFAULT NULL
+    REFERENCES borrowers (borrowernumber) ON DELETE SET NULL ON UPDATE CASCADE,
+  branchcode VARCHAR(50) NOT NULL,
+  status VARCHAR(50) DEFAULT NULL,
+  placed DATE DEFAULT NULL,
+  completed DATE DEFAULT NULL,
+  notesopac MEDIUMTEXT DEFAULT NULL,
+  notesstaff MEDIUMTEXT DEFAULT NULL
+);
+CREATE INDEX illrequests_bnfk ON illrequests (borrowernumber);
+
+CREATE TABLE return_claims (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  itemnumber INT NOT NULL
+    REFERENCES items (itemnumber) ON DELETE CASCADE ON UPDATE CASCADE,
+  issue_id INT DEFAULT NULL,
+  borrowernumber INT NOT NULL
+    REFERENCES borrowers (borrowernumber) ON DELETE CASCADE ON UPDATE CASCADE,
+  notes MEDIUMTEXT DEFAULT NULL,
+  created_on TIMESTAMP NULL DEFAULT NULL,
+  resolution VARCHAR(80) DEFAULT NULL,
+  resolved_on TIMESTAMP NULL DEFAULT NULL,
+  UNIQUE (itemnumber, issue_id)
+);
+CREATE INDEX return_claims_borrowernumber ON return_claims (borrowernumber);
+
+CREATE TABLE items_last_borrower (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  itemnumber INT NOT NULL UNIQUE
+    REFERENCES items (itemnumber) ON DELETE CASCADE ON UPDATE CASCADE,
+  borrowernumber INT NOT NULL
+    REFERENCES borrowers (borrowernumber) ON DELETE CASCADE ON UPDATE CASCADE,
+  created_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX items_last_borrower_borrowernumber ON items_last_borrower (borrowernumber);
+
+CREATE TABLE pseudonymized_transactions (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  hashed_borrowernumber VARCHAR(60) NOT NULL,
+  has_cardnumber TINYINT(1) NOT NULL DEFAULT 0,
+  categorycode VARCHAR(10) NOT NULL,
+  branchcode VARCHAR(10) NOT NULL,
+  datetime DATETIME DEFAULT NULL,
+  transaction_branchcode VARCHAR(10) DEFAULT NULL,
+  transaction_type VARCHAR(16) DEFAULT NULL,
+  itemnumber INT DEFAULT NULL,
+  itemtype VARCHAR(10) DEFAULT NULL
+);
+CREATE INDEX pseudonymized_transactions_datetime ON pseudonymized_transactions (datetime);
+
+CREATE TABLE patron_consent (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  borrowernumber INT NOT NULL
+    REFERENCES borrowers (borrowernumber) ON DELETE CASCADE ON UPDATE CASCADE,
+  type TINYTEXT DEFAULT NULL,
+  given_on DATETIME DEFAULT NULL,
+  refused_on DATETIME DEFAULT NULL
+);
+CREATE INDEX patron_consent_borrowernumber ON patron_consent (borrowernumber);

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgeType, ClassDef, CmpOp, ColumnTest, Condition, Config, Scalar, Strategy};
+use crate::config::{
+    AgeType, Backend, ClassDef, CmpOp, ColumnTest, Condition, Config, Scalar, Strategy,
+};
 use crate::db::sql::{self, Bindings};
 use crate::db::{Db, DbError};
 use crate::ledger;
@@ -345,7 +347,27 @@ fn bindings(
                 .unwrap_or_default(),
         ),
         legal_holds: p.legal_holds,
+        pseudonym_key: cfg.pseudonym_key.clone().map(std::sync::Arc::new),
     })
+}
+
+/// Each id with its pseudonym ([`crate::pseudonym`]); empty without a key (then nothing
+/// matches the `CASE` and the rows keep their ids: the config refuses a pseudonymizing
+/// class without a key, so this is only a second line of defence).
+fn pseudonyms_of(
+    key: Option<&std::sync::Arc<secrecy::SecretString>>,
+    ids: &[i64],
+) -> Vec<(i64, i64)> {
+    let Some(key) = key else {
+        return Vec::new();
+    };
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .filter(|id| *id >= 0)
+        .map(|id| (id, crate::pseudonym::pseudonym(key, id)))
+        .collect()
 }
 
 fn cutoff_error(class: &ClassDef) -> ClassSummary {
@@ -665,7 +687,7 @@ pub fn policy_json(cfg: &Config) -> String {
             let mut v = serde_json::json!({
                 "name": c.name,
                 "table": c.table.to_string(),
-                "key": c.key.as_str(),
+                "key": c.key.as_ref().map(|k| k.as_str()),
                 "age": { "columns": c.age.columns.iter().map(|x| x.as_str()).collect::<Vec<_>>(),
                          "type": match c.age.kind {
                              AgeType::Datetime => "datetime",
@@ -679,6 +701,7 @@ pub fn policy_json(cfg: &Config) -> String {
                         Strategy::SetNull => serde_json::json!("set_null"),
                         Strategy::AnonymousPatron => serde_json::json!("anonymous_patron"),
                         Strategy::SetValue(v) => serde_json::json!({ "set_value": scalar_json(v) }),
+                        Strategy::Pseudonym => serde_json::json!("pseudonym"),
                     };
                     serde_json::json!({ "column": col.as_str(), "strategy": strategy })
                 }).collect::<Vec<_>>(),
@@ -867,12 +890,24 @@ async fn enforce_class(
     .await?;
 
     let mut interrupted = false;
+    // A table without a key, off SQLite (whose rowid serves as one): row-limit batches.
+    let keyless = class.key.is_none() && db.backend() != Backend::Sqlite;
     if cfg.safety.mode == Mode::Enforce && first.eligible > 0 {
-        let range_query = sql::range_query(class, db.backend());
+        let range_query = if keyless {
+            sql::table_size_query(class)
+        } else {
+            sql::range_query(class, db.backend())
+        };
         let range = retrying_step(run_id, name, "key range", cancel, || {
             db.read_row_i64(&range_query)
         })
         .await?;
+        // Keyless: the one value is the table's size; the pass ignores lo and hi.
+        let range = if keyless {
+            vec![Some(0), Some(0), range.first().copied().flatten()]
+        } else {
+            range
+        };
         let (lo, hi, total) = (
             range.first().copied().flatten(),
             range.get(1).copied().flatten(),
@@ -895,7 +930,12 @@ async fn enforce_class(
             let mut rounds = 0u32;
             loop {
                 rounds += 1;
-                match pass(cfg, db, run_id, class, b, lo, hi, &opts.cancel).await {
+                let done = if keyless {
+                    limit_pass(cfg, db, run_id, class, b, first.eligible, &opts.cancel).await
+                } else {
+                    pass(cfg, db, run_id, class, b, lo, hi, &opts.cancel).await
+                };
+                match done {
                     Ok(stopped) => interrupted = stopped,
                     Err(e) => {
                         s.status = ClassStatus::Failed;
@@ -1027,7 +1067,20 @@ async fn batch(
     }
     let changed = match class.action {
         Action::Anonymize => {
-            tx.execute(&sql::anonymize_statement(class, b, &keys))
+            tx.execute(&sql::anonymize_statement(class, b, &keys, &[]))
+                .await?
+        }
+        Action::Pseudonymize => {
+            let pseudonyms = match sql::pseudonym_column(class) {
+                Some(col) => {
+                    let ids = tx
+                        .fetch_i64s(&sql::pseudonym_ids_query(class, col, b, &keys))
+                        .await?;
+                    pseudonyms_of(b.pseudonym_key.as_ref(), &ids)
+                }
+                None => Vec::new(),
+            };
+            tx.execute(&sql::anonymize_statement(class, b, &keys, &pseudonyms))
                 .await?
         }
         // `pass` hands purge classes to `purge_pass`.
@@ -1064,6 +1117,91 @@ async fn batch(
     ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
     tx.commit().await?;
     Ok(Some(changed))
+}
+
+/// One pass over a table without a key (MySQL, PostgreSQL): batches of at most
+/// `safety.batch_size` eligible rows until a batch finds none, and at most one batch
+/// more than `eligible` needs (a changed row stops being eligible, so this bounds a
+/// pass that would otherwise not end; the round loop then counts again). Returns
+/// whether it stopped early because of cancellation.
+async fn limit_pass(
+    cfg: &Config,
+    db: &Db,
+    run_id: i64,
+    class: &ClassDef,
+    b: &Bindings,
+    eligible: u64,
+    cancel: &CancellationToken,
+) -> Result<bool, DbError> {
+    let limit = u64::from(cfg.safety.batch_size);
+    for _ in 0..=eligible.div_ceil(limit) {
+        if cancel.is_cancelled() {
+            return Ok(true);
+        }
+        let changed = retrying!(
+            run_id,
+            class,
+            cancel,
+            limit_batch(db, run_id, class, b, limit)
+        );
+        tracing::debug!(run_id, class = %class.name, changed, "batch committed");
+        if changed == 0 {
+            break;
+        }
+    }
+    Ok(false)
+}
+
+/// One row-limit batch transaction: change at most `limit` eligible rows, add the count
+/// to the ledger, commit (nothing is written when no row is eligible).
+async fn limit_batch(
+    db: &Db,
+    run_id: i64,
+    class: &ClassDef,
+    b: &Bindings,
+    limit: u64,
+) -> Result<u64, DbError> {
+    let mut tx = db.begin().await?;
+    let changed = match class.action {
+        Action::Anonymize => {
+            tx.execute(&sql::limited_anonymize_statement(class, b, limit, &[]))
+                .await?
+        }
+        Action::Pseudonymize => {
+            let pseudonyms = match sql::pseudonym_column(class) {
+                Some(col) => {
+                    let ids = tx
+                        .fetch_i64s(&sql::limited_pseudonym_ids_query(class, col, b, limit))
+                        .await?;
+                    pseudonyms_of(b.pseudonym_key.as_ref(), &ids)
+                }
+                None => Vec::new(),
+            };
+            if pseudonyms.is_empty() {
+                0
+            } else {
+                tx.execute(&sql::limited_anonymize_statement(
+                    class,
+                    b,
+                    limit,
+                    &pseudonyms,
+                ))
+                .await?
+            }
+        }
+        Action::Delete => {
+            tx.execute(&sql::limited_delete_statement(class, b, limit))
+                .await?
+        }
+        // Validation refuses purge without a key.
+        Action::Purge => 0,
+    };
+    if changed == 0 {
+        return Ok(0);
+    }
+    ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
+    tx.commit().await?;
+    Ok(changed)
 }
 
 /// Purges one row in its own transaction: lock it and check it again, call the

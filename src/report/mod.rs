@@ -254,6 +254,8 @@ fn action_words(action: Action, mode: Mode) -> &'static str {
         (Action::Delete, Mode::Enforce) => "deleted",
         (Action::Anonymize, Mode::DryRun) => "would be anonymized",
         (Action::Delete, Mode::DryRun) => "would be deleted",
+        (Action::Pseudonymize, Mode::Enforce) => "pseudonymized",
+        (Action::Pseudonymize, Mode::DryRun) => "would be pseudonymized",
         (Action::Purge, Mode::Enforce) => "purged",
         (Action::Purge, Mode::DryRun) => "would be purged",
     }
@@ -344,6 +346,8 @@ fn change_phrase<'a>(
                 (Action::Delete, false) => "deleted",
                 (Action::Anonymize, true) => "would have been anonymized",
                 (Action::Delete, true) => "would have been deleted",
+                (Action::Pseudonymize, false) => "pseudonymized",
+                (Action::Pseudonymize, true) => "would have been pseudonymized",
                 (Action::Purge, false) => "purged",
                 (Action::Purge, true) => "would have been purged",
             };
