@@ -11,6 +11,7 @@ mod daemon;
 mod engine;
 mod evergreen;
 mod evergreen_fixture;
+mod keyless;
 mod ledger;
 mod legal_hold;
 mod logs;
