@@ -138,9 +138,15 @@ enum HoldCommand {
         /// The library system's patron id (Koha borrowernumber, Evergreen actor.usr.id).
         #[arg(long)]
         patron: i64,
-        /// A docket or reference number (stored in the ledger; not a name).
-        #[arg(long = "case")]
+        /// A docket or reference number, stored in the ledger. Never a patron's name or
+        /// anything else that identifies the patron: the ledger is read by auditors.
+        #[arg(long = "reference", visible_alias = "case")]
         case_ref: String,
+        /// The last day the hold stands (YYYY-MM-DD, the library's time zone); the first
+        /// run after it releases the hold and records that in the ledger. Without it,
+        /// the hold stands until `lethe hold release`.
+        #[arg(long, value_parser = parse_hold_date)]
+        until: Option<chrono::NaiveDate>,
     },
     /// The open holds (with --all, released ones too).
     List {
@@ -903,8 +909,12 @@ async fn hold_cmd(path: &Path, command: &HoldCommand) -> u8 {
         }
     };
     let code = match command {
-        HoldCommand::Add { patron, case_ref } => {
-            match legal_hold::place(&db, *patron, case_ref).await {
+        HoldCommand::Add {
+            patron,
+            case_ref,
+            until,
+        } => {
+            match legal_hold::place(&db, *patron, case_ref, *until, &legal_hold::operator()).await {
                 Ok((id, entry)) => {
                     out!(
                         "legal hold {id} placed (ledger entry {entry}): from the next run, every class with a patron column keeps this patron's rows"
@@ -914,15 +924,17 @@ async fn hold_cmd(path: &Path, command: &HoldCommand) -> u8 {
                 Err(e) => fail(e),
             }
         }
-        HoldCommand::Release { id } => match legal_hold::release(&db, *id).await {
-            Ok(entry) => {
-                out!(
-                    "legal hold {id} released (ledger entry {entry}): the patron's rows follow the policy again from the next run"
-                );
-                0
+        HoldCommand::Release { id } => {
+            match legal_hold::release(&db, *id, &legal_hold::operator()).await {
+                Ok(entry) => {
+                    out!(
+                        "legal hold {id} released (ledger entry {entry}): the patron's rows follow the policy again from the next run"
+                    );
+                    0
+                }
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
         HoldCommand::List { all, json } => match legal_hold::list(&db, *all).await {
             Ok(holds) if *json => {
                 out!("{}", serde_json::to_string(&holds).unwrap_or_default());
@@ -930,20 +942,28 @@ async fn hold_cmd(path: &Path, command: &HoldCommand) -> u8 {
             }
             Ok(holds) => {
                 out!(
-                    "{:>4}  {:>10}  {:<24}  {:<27}  released",
+                    "{:>4}  {:>10}  {:<24}  {:<10}  {:<27}  {:<12}  released",
                     "id",
                     "patron",
-                    "case",
-                    "placed"
+                    "reference",
+                    "until",
+                    "placed",
+                    "by"
                 );
                 for h in &holds {
                     out!(
-                        "{:>4}  {:>10}  {:<24}  {:<27}  {}",
+                        "{:>4}  {:>10}  {:<24}  {:<10}  {:<27}  {:<12}  {}{}",
                         h.id,
                         h.patron,
                         h.case_ref,
+                        h.held_until.as_deref().unwrap_or("-"),
                         h.placed_at,
-                        h.released_at.as_deref().unwrap_or("-")
+                        h.placed_by.as_deref().unwrap_or("-"),
+                        h.released_at.as_deref().unwrap_or("-"),
+                        h.released_by
+                            .as_deref()
+                            .map(|b| format!(" by {b}"))
+                            .unwrap_or_default()
                     );
                 }
                 0
@@ -953,6 +973,12 @@ async fn hold_cmd(path: &Path, command: &HoldCommand) -> u8 {
     };
     db.close().await;
     code
+}
+
+/// `--until`: a calendar date, `YYYY-MM-DD`.
+fn parse_hold_date(s: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| "expected a date such as 2027-06-30 (YYYY-MM-DD)".to_string())
 }
 
 async fn verify_cmd(path: &Path, json: bool) -> u8 {

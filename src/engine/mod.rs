@@ -777,6 +777,15 @@ pub async fn enforce_once(
              Its {changed} committed changes are recorded in the ledger; this run finishes the work."
         ));
     }
+    if mode == Mode::Enforce && p.legal_holds {
+        let today = crate::legal_hold::local_date(opts.now, cfg.schedule.timezone);
+        for id in crate::legal_hold::lapse_ended(db, today).await? {
+            notices.push(format!(
+                "Legal hold {id} lapsed at its end date and was released (ledger entry recorded); \
+                 the patron's rows follow the policy again from this run."
+            ));
+        }
+    }
     for n in &notices {
         tracing::warn!("{n}");
     }

@@ -21,12 +21,14 @@ async fn a_legal_hold_keeps_the_patrons_rows_until_released(db: TestDb) {
     old_issue(&db, 103, Some(13), Some("2026-01-01 10:00:00")).await;
     let cfg = db.config("");
     let pool = Db::connect(&cfg).await.unwrap();
-    let (h12, _) = legal_hold::place(&pool, 12, "NY-SUP-2026-00417")
+    let (h12, _) = legal_hold::place(&pool, 12, "NY-SUP-2026-00417", None, "clerk")
         .await
         .unwrap();
-    let (h13, _) = legal_hold::place(&pool, 13, "GJ 26-118").await.unwrap();
+    let (h13, _) = legal_hold::place(&pool, 13, "GJ 26-118", None, "clerk")
+        .await
+        .unwrap();
     assert!(matches!(
-        legal_hold::place(&pool, 10, "").await,
+        legal_hold::place(&pool, 10, "", None, "clerk").await,
         Err(legal_hold::HoldError::CaseRef)
     ));
 
@@ -64,11 +66,11 @@ async fn a_legal_hold_keeps_the_patrons_rows_until_released(db: TestDb) {
     );
 
     assert!(matches!(
-        legal_hold::release(&pool, 999).await,
+        legal_hold::release(&pool, 999, "clerk").await,
         Err(legal_hold::HoldError::NotOpen(999))
     ));
-    legal_hold::release(&pool, h12).await.unwrap();
-    legal_hold::release(&pool, h13).await.unwrap();
+    legal_hold::release(&pool, h12, "clerk").await.unwrap();
+    legal_hold::release(&pool, h13, "auditor").await.unwrap();
     assert!(legal_hold::list(&pool, false).await.unwrap().is_empty());
     assert_eq!(legal_hold::list(&pool, true).await.unwrap().len(), 2);
     let run = run_at(&cfg, now(), true).await;
@@ -76,6 +78,46 @@ async fn a_legal_hold_keeps_the_patrons_rows_until_released(db: TestDb) {
     assert_eq!(class(&run, "expired_patrons").affected, 1);
     let entries = ledger::entries(&pool, None).await.unwrap();
     assert_eq!(entries.iter().filter(|e| e.kind == "legal-hold").count(), 4);
+    assert!(chain::verify(&entries).is_ok());
+    pool.close().await;
+}
+
+both_backends!(a_legal_hold_with_an_end_date_lapses_at_the_first_run_after_it);
+/// `--until`: the hold stands through its last day (the library's local date) and the
+/// first enforcing run after it releases it, with a `lapsed` ledger entry, then applies
+/// the policy to the patron's rows in that same run. Who placed it is recorded.
+async fn a_legal_hold_with_an_end_date_lapses_at_the_first_run_after_it(db: TestDb) {
+    koha_reference(&db, None).await;
+    patron(&db, 12, 1, "2099-01-01", "PT").await;
+    old_issue(&db, 102, Some(12), Some("2026-01-01 10:00:00")).await;
+    let cfg = db.config("");
+    let pool = Db::connect(&cfg).await.unwrap();
+    // now() is 2026-06-15 08:00 in New York: a hold through 2026-06-15 still stands.
+    let until = chrono::NaiveDate::from_ymd_opt(2026, 6, 15).unwrap();
+    let (h, _) = legal_hold::place(&pool, 12, "CASE-1", Some(until), "clerk")
+        .await
+        .unwrap();
+    let run = run_at(&cfg, now(), true).await;
+    let c = class(&run, "circulation_history");
+    assert_eq!((c.affected, c.kept.legal_hold), (0, 1), "{c:?}");
+    // The next morning (local 2026-06-16): lapsed, released, and the row anonymized.
+    let next_day = now() + chrono::Duration::days(1);
+    let run = run_at(&cfg, next_day, true).await;
+    assert_eq!(class(&run, "circulation_history").affected, 1);
+    let holds = legal_hold::list(&pool, true).await.unwrap();
+    assert_eq!(holds.len(), 1);
+    assert_eq!(holds[0].id, h);
+    assert_eq!(holds[0].held_until.as_deref(), Some("2026-06-15"));
+    assert_eq!(holds[0].placed_by.as_deref(), Some("clerk"));
+    assert_eq!(holds[0].released_by.as_deref(), Some("lethe"));
+    assert!(holds[0].released_at.is_some());
+    let entries = ledger::entries(&pool, None).await.unwrap();
+    let events: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.kind == "legal-hold")
+        .map(|e| e.status.as_str())
+        .collect();
+    assert_eq!(events, ["placed", "lapsed"]);
     assert!(chain::verify(&entries).is_ok());
     pool.close().await;
 }
