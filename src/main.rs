@@ -378,6 +378,21 @@ async fn check(path: &Path) -> u8 {
                 }
                 None => {}
             }
+            match engine::undated(&cfg, &db, &p, Utc::now()).await {
+                Ok(counts) => {
+                    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+                    out!(
+                        "undated rows (age column NULL: never past a period; only immediate rules reach them): {total}"
+                    );
+                    for (name, n) in &counts {
+                        out!("  {name:<28} {n}");
+                    }
+                }
+                Err(e) => {
+                    db.close().await;
+                    return engine_exit(&e);
+                }
+            }
             match engine::check_clock(&cfg, &db, Utc::now()).await {
                 Ok(()) => {
                     out!("clock: within safety.max_clock_skew of the database");

@@ -635,6 +635,21 @@ pub fn limited_delete_statement(class: &ClassDef, b: &Bindings, limit: u64) -> D
     d
 }
 
+/// `SELECT COUNT(*) FROM table WHERE <scope> AND <age> IS NULL`: rows of the class that
+/// no period ever reaches, since a NULL age is never past its period (`check` reports
+/// them; only `immediate` conditions can make such a row eligible).
+pub fn undated_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
+    let mut all = Cond::all();
+    for c in &class.scope {
+        all = all.add(condition(class, c, b));
+    }
+    let mut q = Query::select();
+    q.expr_as(Func::count(Expr::col(Asterisk)), Alias::new("n"))
+        .from(table_ref(&class.table))
+        .cond_where(all.add(age_expr(class).is_null()));
+    q
+}
+
 /// `SELECT COUNT(*) FROM table`: the size of a keyless table, for the circuit breaker.
 pub fn table_size_query(class: &ClassDef) -> SelectStatement {
     let mut q = Query::select();

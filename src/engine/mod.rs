@@ -370,6 +370,30 @@ fn pseudonyms_of(
         .collect()
 }
 
+/// Per class, the rows in its scope whose age column is NULL (all of them NULL, for a
+/// class with several): no period ever reaches them (see [`sql::undated_query`]).
+/// Counts only; changes nothing.
+///
+/// # Errors
+/// [`EngineError::Database`].
+pub async fn undated(
+    cfg: &Config,
+    db: &Db,
+    p: &Prepared,
+    at: DateTime<Utc>,
+) -> Result<Vec<(String, u64)>, EngineError> {
+    let mut out = Vec::new();
+    for class in &cfg.classes {
+        let Some(b) = bindings(cfg, db, class, at, p) else {
+            continue;
+        };
+        let row = db.read_row_i64(&sql::undated_query(class, &b)).await?;
+        let n = row.first().copied().flatten().unwrap_or(0).max(0) as u64;
+        out.push((class.name.clone(), n));
+    }
+    Ok(out)
+}
+
 fn cutoff_error(class: &ClassDef) -> ClassSummary {
     ClassSummary {
         name: class.name.clone(),

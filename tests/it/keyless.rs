@@ -324,3 +324,21 @@ async fn a_keyless_class_on_a_table_with_a_key_is_refused(db: TestDb) {
     );
     let _ = Backend::Sqlite;
 }
+
+three_backends!(check_counts_rows_no_period_reaches);
+/// Rows whose age column is NULL are never selected by age; `check` reports how many
+/// each class has (here: two of the class's rows have no time; rows out of its scope
+/// are not counted).
+async fn check_counts_rows_no_period_reaches(db: TestDb) {
+    seed(&db).await;
+    for _ in 0..2 {
+        db.insert("tally", &[("happened", V::Null), ("patron", i(3))])
+            .await;
+    }
+    let cfg = config_with_profile(&db.url, "none", &tally_class("action: delete"));
+    let d = lethe::db::Db::connect(&cfg).await.unwrap();
+    let p = lethe::engine::prepare(&cfg, &d).await.unwrap();
+    let undated = lethe::engine::undated(&cfg, &d, &p, now()).await.unwrap();
+    assert_eq!(undated, [("tally".to_string(), 2)]);
+    d.close().await;
+}
