@@ -10,6 +10,7 @@
 //! [`ops`] (running as a service: systemd notify, man pages and completions, metrics file).
 
 pub mod config;
+pub mod consent;
 pub mod db;
 pub mod demo;
 pub mod engine;

@@ -64,8 +64,13 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Validate the config, connect, and confirm every table and column exists.
-    Check,
+    /// Validate the config, connect, and confirm every table and column exists; count
+    /// undated rows; warn about library-system settings against opt-in (consent check).
+    Check {
+        /// Consent-check warnings are errors (exit 1).
+        #[arg(long)]
+        strict: bool,
+    },
     /// Dry run: per class, rows eligible now (or at --as-of) and rows kept by exemption.
     Plan {
         /// One JSON object on stdout.
@@ -241,7 +246,7 @@ async fn main() -> ExitCode {
     };
     init_logs(cli.log_format);
     let code = match &cli.command {
-        Command::Check => check(&cli.config).await,
+        Command::Check { strict } => check(&cli.config, *strict).await,
         Command::Plan { json, as_of } => plan(&cli.config, *json, as_of.as_deref()).await,
         Command::Run {
             once,
@@ -337,7 +342,7 @@ fn engine_exit(e: &EngineError) -> u8 {
     }
 }
 
-async fn check(path: &Path) -> u8 {
+async fn check(path: &Path, strict: bool) -> u8 {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(c) => return c,
@@ -393,7 +398,26 @@ async fn check(path: &Path) -> u8 {
                     return engine_exit(&e);
                 }
             }
+            let consent = match lethe::consent::check(&cfg, &db, p.anonymous_patron).await {
+                Ok(findings) => findings,
+                Err(e) => {
+                    db.close().await;
+                    return engine_exit(&e.into());
+                }
+            };
+            if consent.is_empty() {
+                out!("consent: no setting of the library system works against opt-in");
+            }
+            for f in &consent {
+                let level = if strict { "error" } else { "warning" };
+                eprintln!("lethe: consent {level}: {}", f.message);
+                tracing::warn!(check = f.check, patrons = f.patrons, "consent check");
+            }
             match engine::check_clock(&cfg, &db, Utc::now()).await {
+                Ok(()) if strict && !consent.is_empty() => {
+                    out!("clock: within safety.max_clock_skew of the database");
+                    1
+                }
                 Ok(()) => {
                     out!("clock: within safety.max_clock_skew of the database");
                     0

@@ -9,6 +9,7 @@ mod crash;
 mod daemon;
 #[macro_use]
 mod engine;
+mod consent;
 mod evergreen;
 mod evergreen_fixture;
 mod keyless;
