@@ -19,5 +19,6 @@ mod outage;
 mod publish;
 mod realistic;
 mod report;
+mod schema;
 mod service;
 mod worker_lock;
