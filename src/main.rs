@@ -1037,7 +1037,8 @@ async fn status_cmd(path: &Path, json: bool, check: bool) -> u8 {
             if check || json {
                 let n = errs.0.len();
                 let first = errs.0.first().map(ToString::to_string).unwrap_or_default();
-                let line = format!("LETHE CRITICAL - invalid configuration ({n} errors): {first}");
+                let noun = if n == 1 { "error" } else { "errors" };
+                let line = format!("LETHE CRITICAL - invalid configuration ({n} {noun}): {first}");
                 if json {
                     out!(
                         "{}",

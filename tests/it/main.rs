@@ -15,6 +15,7 @@ mod ledger;
 mod legal_hold;
 mod logs;
 mod manual;
+mod monitoring;
 mod outage;
 mod publish;
 mod realistic;
