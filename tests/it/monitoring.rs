@@ -381,7 +381,7 @@ async fn status_check_exit_codes_on_sqlite() {
     let (code, line) = check(d, &cfg);
     assert_eq!(code, Some(0), "{line}");
     assert!(
-        line.starts_with(&format!("LETHE OK - last run 2 (enforce) ok at ")),
+        line.starts_with("LETHE OK - last run 2 (enforce) ok at "),
         "{line}"
     );
     assert!(
