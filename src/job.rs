@@ -4,7 +4,9 @@
 //! the lock, and deliver the report (or leave it in the outbox). A run that finds the
 //! lock taken is skipped: nothing written, no report.
 //!
-//! After every run, skipped and failed ones included (also a run that could not start),
+//! After every run, skipped and failed ones included (also a run that could not start,
+//! and the daemon's health check at boot, through [`write_metrics`] and
+//! [`failure_summary`]),
 //! the metrics file is written when `metrics.textfile` is set ([`crate::ops::metrics`]):
 //! the summary, the rows still overdue per class ([`engine::compliance`]), whether the
 //! ledger's chain verified and when the last successful run ended (both from the
@@ -90,16 +92,7 @@ pub async fn run_once(
             })
         }
         Err(e) => {
-            let summary = RunSummary {
-                run_id: None,
-                mode: cfg.safety.mode,
-                started_at: now,
-                finished_at: Some(Utc::now()),
-                status: RunStatus::Failed,
-                classes: Vec::new(),
-                error: Some(e.to_string()),
-                notices: Vec::new(),
-            };
+            let summary = failure_summary(cfg, now, &e);
             let _ = deliver(cfg, &summary).await;
             // An unreachable database would only make the metrics wait for another
             // connect timeout: the last success is then carried over from the file.
@@ -107,6 +100,21 @@ pub async fn run_once(
             let _ = write_metrics(cfg, &summary, reachable).await;
             Err(e)
         }
+    }
+}
+
+/// The summary of a run that `e` stopped before any class: status `failed`, no run id,
+/// no classes, started at `started_at` and ended now.
+pub fn failure_summary(cfg: &Config, started_at: DateTime<Utc>, e: &EngineError) -> RunSummary {
+    RunSummary {
+        run_id: None,
+        mode: cfg.safety.mode,
+        started_at,
+        finished_at: Some(Utc::now().max(started_at)),
+        status: RunStatus::Failed,
+        classes: Vec::new(),
+        error: Some(e.to_string()),
+        notices: Vec::new(),
     }
 }
 

@@ -526,16 +526,21 @@ async fn run(path: &Path, once: bool, json: bool, allow_large: bool) -> u8 {
     };
     let cancel = shutdown_token();
     if !once {
-        // Health check at boot: a wrong URL or schema fails now, not at 02:30.
-        match Db::connect(&cfg).await {
+        // Health check at boot: a wrong URL or schema fails now, not at 02:30. The
+        // metrics file says so too (monitoring hears of a daemon that cannot start).
+        let started = Utc::now();
+        let failed = match Db::connect(&cfg).await {
             Ok(db) => {
                 let r = engine::prepare(&cfg, &db).await;
                 db.close().await;
-                if let Err(e) = r {
-                    return engine_exit(&e);
-                }
+                r.err().map(|e| (e, true))
             }
-            Err(e) => return engine_exit(&e.into()),
+            Err(e) => Some((e.into(), false)),
+        };
+        if let Some((e, reachable)) = failed {
+            let summary = job::failure_summary(&cfg, started, &e);
+            let _ = job::write_metrics(&cfg, &summary, reachable).await;
+            return engine_exit(&e);
         }
         return match schedule::run_daemon(&cfg, cancel).await {
             Ok(()) => 0,

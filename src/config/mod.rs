@@ -1367,8 +1367,9 @@ impl Validator<'_> {
             self.err(
                 "metrics.textfile",
                 format!(
-                    "{:?} does not end in .prom: node_exporter's textfile collector reads only *.prom files                      (e.g. /var/lib/prometheus/node-exporter/lethe.prom)",
-                    truncate(&path)
+                    "the file name {:?} does not end in .prom: node_exporter's textfile collector reads only *.prom \
+                     files (e.g. /var/lib/prometheus/node-exporter/lethe.prom)",
+                    truncate(file_name)
                 ),
             );
             return None;

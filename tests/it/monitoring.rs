@@ -291,6 +291,31 @@ fn a_metrics_file_that_cannot_be_written_exits_1_and_the_run_stands() {
     assert!(!prom.parent().unwrap().exists());
 }
 
+#[test]
+fn a_daemon_that_fails_its_health_check_at_boot_writes_a_failed_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prom = d.join("lethe.prom");
+    let cfg = config(d, "retention.yaml", &prom, "");
+    // demo/library.db does not exist: the daemon cannot connect at boot.
+    let o = lethe(d, &["--config", cfg.to_str().unwrap(), "run"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let samples = scrape(&prom);
+    assert_eq!(
+        gauge(&samples, "lethe_last_run_status", &[("status", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(&samples, "lethe_last_success_timestamp_seconds", &[]),
+        None
+    );
+    assert_eq!(
+        gauge(&samples, "lethe_ledger_verified", &[]),
+        None,
+        "not read: the database is down"
+    );
+}
+
 fn check(dir: &Path, cfg: &Path) -> (Option<i32>, String) {
     let o = lethe(
         dir,
