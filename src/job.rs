@@ -3,8 +3,19 @@
 //! replicas, [`crate::db::lock`]), migrate Lethe's own tables, enforce once, release
 //! the lock, and deliver the report (or leave it in the outbox). A run that finds the
 //! lock taken is skipped: nothing written, no report.
+//!
+//! After every run, skipped and failed ones included (also a run that could not start,
+//! and the daemon's health check at boot, through [`write_metrics`] and
+//! [`failure_summary`]),
+//! the metrics file is written when `metrics.textfile` is set ([`crate::ops::metrics`]):
+//! the summary, the rows still overdue per class ([`engine::compliance`]), whether the
+//! ledger's chain verified and when the last successful run ended (both from the
+//! ledger, [`crate::ops::status::ledger_facts`]). A write that fails is logged and
+//! returned in [`JobOutcome::metrics`]; it never changes the run or its ledger entry.
 
-use chrono::Utc;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -22,6 +33,23 @@ pub struct JobOutcome {
     /// Where the report went; `None` when delivering failed outright (logged), and
     /// when the run was skipped (status `skipped`: no report is sent).
     pub delivery: Option<Delivery>,
+    /// The metrics file; `None` when `metrics.textfile` is not set.
+    pub metrics: Option<MetricsWrite>,
+}
+
+/// What became of the metrics file after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsWrite {
+    /// Written (replaced atomically).
+    Written(PathBuf),
+    /// Not written; the previous file, if any, is unchanged. `error` is the I/O error
+    /// (no patron data). Logged at ERROR.
+    Failed {
+        /// The configured file.
+        path: PathBuf,
+        /// Why.
+        error: String,
+    },
 }
 
 /// Runs the job once.
@@ -33,9 +61,12 @@ pub struct JobOutcome {
 /// class (database unreachable, ledger not writable), a failure summary is still
 /// reported so the director hears of it.
 ///
+/// Then the metrics file is written when `metrics.textfile` is set, whatever the
+/// outcome ([`write_metrics`]).
+///
 /// # Errors
 /// [`EngineError`] for what stopped the run before it began (mismatch, clock,
-/// database); the failure report has been attempted.
+/// database); the failure report and the metrics file have been attempted.
 pub async fn run_once(
     cfg: &Config,
     allow_large: bool,
@@ -43,29 +74,152 @@ pub async fn run_once(
 ) -> Result<JobOutcome, EngineError> {
     let now = Utc::now();
     match enforce(cfg, allow_large, cancel, now).await {
-        Ok(summary) if summary.status == RunStatus::Skipped => Ok(JobOutcome {
-            summary,
-            delivery: None,
-        }),
+        Ok(summary) if summary.status == RunStatus::Skipped => {
+            let metrics = write_metrics(cfg, &summary, true).await;
+            Ok(JobOutcome {
+                summary,
+                delivery: None,
+                metrics,
+            })
+        }
         Ok(summary) => {
             let delivery = deliver(cfg, &summary).await;
-            Ok(JobOutcome { summary, delivery })
+            let metrics = write_metrics(cfg, &summary, true).await;
+            Ok(JobOutcome {
+                summary,
+                delivery,
+                metrics,
+            })
         }
         Err(e) => {
-            let summary = RunSummary {
-                run_id: None,
-                mode: cfg.safety.mode,
-                started_at: now,
-                finished_at: Some(Utc::now()),
-                status: RunStatus::Failed,
-                classes: Vec::new(),
-                error: Some(e.to_string()),
-                notices: Vec::new(),
-            };
+            let summary = failure_summary(cfg, now, &e);
             let _ = deliver(cfg, &summary).await;
+            // An unreachable database would only make the metrics wait for another
+            // connect timeout: the last success is then carried over from the file.
+            let reachable = !matches!(e, EngineError::Database(_));
+            let _ = write_metrics(cfg, &summary, reachable).await;
             Err(e)
         }
     }
+}
+
+/// The summary of a run that `e` stopped before any class: status `failed`, no run id,
+/// no classes, started at `started_at` and ended now.
+pub fn failure_summary(cfg: &Config, started_at: DateTime<Utc>, e: &EngineError) -> RunSummary {
+    RunSummary {
+        run_id: None,
+        mode: cfg.safety.mode,
+        started_at,
+        finished_at: Some(Utc::now().max(started_at)),
+        status: RunStatus::Failed,
+        classes: Vec::new(),
+        error: Some(e.to_string()),
+        notices: Vec::new(),
+    }
+}
+
+/// How long reading the ledger and counting overdue rows for the metrics file may take;
+/// past it, the file is written without them (the last success then carried over from
+/// the file it replaces).
+const METRICS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes the metrics file of `summary` when `metrics.textfile` is set; `None` when it
+/// is not. With `read_db`, the ledger's facts and the overdue rows per class are read
+/// first (each failure logged, the file then written without them). A failed write is
+/// logged at ERROR and returned; it never fails the run itself (the caller decides the
+/// exit code: `run --once` exits 1, the daemon goes on).
+pub async fn write_metrics(
+    cfg: &Config,
+    summary: &RunSummary,
+    read_db: bool,
+) -> Option<MetricsWrite> {
+    let path = cfg.metrics.as_ref()?.textfile.clone();
+    let mut extra = MetricsExtra::default();
+    if read_db {
+        match tokio::time::timeout(METRICS_READ_TIMEOUT, read_metrics_extra(cfg)).await {
+            Ok(x) => extra = x,
+            Err(_elapsed) => tracing::warn!(
+                run_id = summary.run_id,
+                timeout_s = METRICS_READ_TIMEOUT.as_secs(),
+                "reading the ledger and the overdue rows for the metrics file took too long; the file is written                  without them"
+            ),
+        }
+    }
+    // The write syncs the file to disk: off the runtime's worker threads.
+    let written = {
+        let path = path.clone();
+        let summary = summary.clone();
+        tokio::task::spawn_blocking(move || {
+            let input = crate::ops::metrics::MetricsInput {
+                summary: &summary,
+                last_success: extra.last_success,
+                overdue: extra.overdue.as_deref(),
+                ledger_verified: extra.ledger_verified,
+            };
+            crate::ops::metrics::write_textfile(&path, &input)
+        })
+        .await
+    };
+    match written {
+        Ok(Ok(())) => {
+            tracing::info!(run_id = summary.run_id, path = %path.display(), "metrics file written");
+            Some(MetricsWrite::Written(path))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(
+                run_id = summary.run_id,
+                path = %path.display(),
+                error = %e,
+                "the metrics file could not be written; monitoring still shows the previous run"
+            );
+            Some(MetricsWrite::Failed {
+                path,
+                error: e.to_string(),
+            })
+        }
+        Err(join) => {
+            tracing::error!(run_id = summary.run_id, path = %path.display(), error = %join, "writing the metrics file panicked");
+            Some(MetricsWrite::Failed {
+                path,
+                error: join.to_string(),
+            })
+        }
+    }
+}
+
+/// What the metrics file says beyond the summary, read from the database.
+#[derive(Debug, Default)]
+struct MetricsExtra {
+    last_success: Option<DateTime<Utc>>,
+    overdue: Option<Vec<(String, u64)>>,
+    ledger_verified: Option<bool>,
+}
+
+async fn read_metrics_extra(cfg: &Config) -> MetricsExtra {
+    let mut extra = MetricsExtra::default();
+    let db = match Db::connect(cfg).await {
+        Ok(db) => db,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot connect to read the ledger for the metrics file; it is written without it");
+            return extra;
+        }
+    };
+    match crate::ops::status::ledger_facts(&db).await {
+        Ok(Some(f)) => {
+            extra.last_success = f.last_success;
+            extra.ledger_verified = Some(f.verified);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the ledger for the metrics file"),
+    }
+    match engine::compliance(cfg, &db, Utc::now()).await {
+        Ok(c) => {
+            extra.overdue = Some(c.classes.into_iter().map(|k| (k.name, k.overdue)).collect());
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count the overdue rows for the metrics file"),
+    }
+    db.close().await;
+    extra
 }
 
 async fn enforce(

@@ -99,6 +99,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The last run, the next scheduled run, whether the last enforced run is overdue,
+    /// and the ledger's head. Changes nothing.
+    ///
+    /// With --check, a Nagios-style check: one line `LETHE OK - ...` and exit 0 OK (the
+    /// last run ended ok, or is running, and none is overdue); 1 WARNING (the last run
+    /// tripped or was interrupted, or the last enforced run is older than
+    /// report.overdue_after); 2 CRITICAL (the last run failed, no run was ever recorded,
+    /// the database is unreachable, the ledger's hash chain does not verify, or the
+    /// config is invalid). Without --check: exit 0 when the status was read, 1 when the
+    /// database is unreachable, 2 for an invalid config.
+    Status {
+        /// One JSON object on stdout (with --check, the exit code is the check's).
+        #[arg(long)]
+        json: bool,
+        /// Nagios-style: one status line and exit 0 OK, 1 WARNING, 2 CRITICAL.
+        #[arg(long)]
+        check: bool,
+    },
     /// The public retention schedule, written from the config.
     Policy {
         #[arg(long, value_enum, default_value_t = PolicyFormat::Markdown)]
@@ -128,6 +146,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write the JSON Schema (draft 2020-12) of retention.yaml to stdout, for editors
+    /// and validators; retention.schema.json is its output. Needs no config.
+    Schema,
     /// Write a shell completion script to stdout. Needs no config.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -257,7 +278,12 @@ async fn main() -> ExitCode {
         Command::Ledger { command } => ledger_cmd(&cli.config, command).await,
         Command::Hold { command } => hold_cmd(&cli.config, command).await,
         Command::Verify { json } => verify_cmd(&cli.config, *json).await,
+        Command::Status { json, check } => status_cmd(&cli.config, *json, *check).await,
         Command::Man { out } => man_cmd(out.as_deref()),
+        Command::Schema => {
+            out_raw!("{}", lethe::config::schema::json_schema_text());
+            0
+        }
         Command::Completions { shell } => {
             use std::io::Write as _;
             let script = lethe::ops::manual::completions(Cli::command(), *shell);
@@ -371,6 +397,27 @@ async fn check(path: &Path, strict: bool) -> u8 {
             );
             db.close().await;
             return 1;
+        }
+    }
+    if let Some(m) = &cfg.metrics {
+        // The folder must take the metrics file after every run; the probe's name does
+        // not end in .prom, so node_exporter never reads it.
+        let folder = m
+            .textfile
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let probe = folder.join(".lethe-check");
+        match std::fs::write(&probe, b"ok").and_then(|()| std::fs::remove_file(&probe)) {
+            Ok(()) => out!("metrics: {} writable", folder.display()),
+            Err(e) => {
+                eprintln!(
+                    "lethe: the metrics folder {} is not writable: {e}",
+                    folder.display()
+                );
+                db.close().await;
+                return 1;
+            }
         }
     }
     let code = match engine::prepare(&cfg, &db).await {
@@ -524,16 +571,21 @@ async fn run(path: &Path, once: bool, json: bool, allow_large: bool) -> u8 {
     };
     let cancel = shutdown_token();
     if !once {
-        // Health check at boot: a wrong URL or schema fails now, not at 02:30.
-        match Db::connect(&cfg).await {
+        // Health check at boot: a wrong URL or schema fails now, not at 02:30. The
+        // metrics file says so too (monitoring hears of a daemon that cannot start).
+        let started = Utc::now();
+        let failed = match Db::connect(&cfg).await {
             Ok(db) => {
                 let r = engine::prepare(&cfg, &db).await;
                 db.close().await;
-                if let Err(e) = r {
-                    return engine_exit(&e);
-                }
+                r.err().map(|e| (e, true))
             }
-            Err(e) => return engine_exit(&e.into()),
+            Err(e) => Some((e.into(), false)),
+        };
+        if let Some((e, reachable)) = failed {
+            let summary = job::failure_summary(&cfg, started, &e);
+            let _ = job::write_metrics(&cfg, &summary, reachable).await;
+            return engine_exit(&e);
         }
         return match schedule::run_daemon(&cfg, cancel).await {
             Ok(()) => 0,
@@ -546,17 +598,25 @@ async fn run(path: &Path, once: bool, json: bool, allow_large: bool) -> u8 {
     match job::run_once(&cfg, allow_large, cancel).await {
         Ok(outcome) => {
             print_summary(&outcome.summary, json, "run");
-            // Another worker holds the run lock: nothing done, no report, exit 0.
+            // Another worker holds the run lock: nothing done, no report, exit 0 (1
+            // when the metrics file could not be written).
             if outcome.summary.status == RunStatus::Skipped {
-                return 0;
+                if !json {
+                    print_metrics(outcome.metrics.as_ref());
+                }
+                return u8::from(metrics_failed(outcome.metrics.as_ref()));
             }
             if !json {
                 print_delivery(outcome.delivery.as_ref());
+                print_metrics(outcome.metrics.as_ref());
             }
             match (run_exit(&outcome.summary), &outcome.delivery) {
                 // The director must hear of every run: a report that could be neither
                 // sent nor kept in the outbox fails the run.
                 (0, None) => 1,
+                // Monitoring must hear of it too: a metrics file that could not be
+                // written exits 1 (the run's changes and ledger entry stand).
+                (0, _) if metrics_failed(outcome.metrics.as_ref()) => 1,
                 (code, _) => code,
             }
         }
@@ -581,6 +641,21 @@ fn run_exit(s: &RunSummary) -> u8 {
     match s.status {
         RunStatus::Ok | RunStatus::Skipped | RunStatus::Interrupted => 0,
         RunStatus::Failed | RunStatus::Tripped => 1,
+    }
+}
+
+fn metrics_failed(m: Option<&job::MetricsWrite>) -> bool {
+    matches!(m, Some(job::MetricsWrite::Failed { .. }))
+}
+
+fn print_metrics(m: Option<&job::MetricsWrite>) {
+    match m {
+        Some(job::MetricsWrite::Written(p)) => out!("metrics: {}", p.display()),
+        Some(job::MetricsWrite::Failed { path, error }) => out!(
+            "metrics: could not write {}: {error} (the run itself stands; exit 1)",
+            path.display()
+        ),
+        None => {}
     }
 }
 
@@ -713,6 +788,7 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
         Ok(outcome) => {
             print_summary(&outcome.summary, false, "demo run");
             print_delivery(outcome.delivery.as_ref());
+            print_metrics(outcome.metrics.as_ref());
             if dir == Path::new("demo") {
                 out!(
                     "next: `target/release/lethe plan --json` (from this folder: the shipped retention.yaml points at \
@@ -725,7 +801,10 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
                     db_abs.display()
                 );
             }
-            run_exit(&outcome.summary)
+            match run_exit(&outcome.summary) {
+                0 if metrics_failed(outcome.metrics.as_ref()) => 1,
+                code => code,
+            }
         }
         Err(e) => engine_exit(&e),
     }
@@ -1018,6 +1097,87 @@ async fn hold_cmd(path: &Path, command: &HoldCommand) -> u8 {
 fn parse_hold_date(s: &str) -> Result<chrono::NaiveDate, String> {
     chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
         .map_err(|_| "expected a date such as 2027-06-30 (YYYY-MM-DD)".to_string())
+}
+
+async fn status_cmd(path: &Path, json: bool, check: bool) -> u8 {
+    use lethe::ops::status;
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errs) => {
+            if check || json {
+                let n = errs.0.len();
+                let first = errs.0.first().map(ToString::to_string).unwrap_or_default();
+                let noun = if n == 1 { "error" } else { "errors" };
+                let line = format!("LETHE CRITICAL - invalid configuration ({n} {noun}): {first}");
+                if json {
+                    out!(
+                        "{}",
+                        serde_json::json!({"state": "CRITICAL", "message": line, "error": errs.to_string()})
+                    );
+                } else {
+                    out!("{line}");
+                }
+            }
+            eprintln!("{errs}");
+            return 2;
+        }
+    };
+    let s = status::status(&cfg, Utc::now()).await;
+    if json {
+        out!("{}", serde_json::to_string(&s).unwrap_or_default());
+    } else if check {
+        out!("{}", s.check_line());
+    } else {
+        match &s.last_run {
+            Some(r) => out!(
+                "last run:     {} ({}) {}, started {}, ended {}, {} rows changed",
+                r.id,
+                r.mode,
+                r.status,
+                r.started_at,
+                r.finished_at.as_deref().unwrap_or("-"),
+                r.changed
+            ),
+            None => out!("last run:     none recorded"),
+        }
+        out!(
+            "last success: {}",
+            s.last_success.as_deref().unwrap_or("none")
+        );
+        match &s.next_run {
+            Some(n) => out!("next run:     {} ({}), {}", n.local, n.timezone, n.utc),
+            None => out!("next run:     none (the cron line never fires again)"),
+        }
+        match &s.missed_run {
+            Some(m) => out!("overdue:      yes: {m}"),
+            None => out!("overdue:      no"),
+        }
+        match &s.ledger {
+            Some(l) if l.verified => out!(
+                "ledger:       {} entries, chain verified, head {}",
+                l.entries,
+                l.head_hash.as_deref().unwrap_or("-")
+            ),
+            Some(l) => out!(
+                "ledger:       {} entries, chain BROKEN: {}",
+                l.entries,
+                l.broken.as_deref().unwrap_or("")
+            ),
+            None if s.error.is_none() => out!("ledger:       empty (Lethe has never run here)"),
+            None => {}
+        }
+        if let Some(e) = &s.error {
+            eprintln!("lethe: {e}");
+        }
+        out!("state:        {}: {}", s.state.as_str(), s.message);
+    }
+    if check {
+        s.state.exit_code()
+    } else if s.error.is_some() {
+        1
+    } else {
+        0
+    }
 }
 
 async fn verify_cmd(path: &Path, json: bool) -> u8 {

@@ -121,10 +121,16 @@ pub async fn run_daemon(cfg: &Config, cancel: CancellationToken) -> Result<(), D
                     status = outcome.summary.status.as_str(),
                     "scheduled run finished"
                 );
-                last_run = Some(match outcome.summary.run_id {
+                let mut line = match outcome.summary.run_id {
                     Some(id) => format!("last run {id} {}", outcome.summary.status.as_str()),
                     None => format!("last run {}", outcome.summary.status.as_str()),
-                });
+                };
+                // Logged at ERROR by the job; the daemon goes on (the next run writes
+                // the file again), and systemctl status shows it meanwhile.
+                if matches!(outcome.metrics, Some(job::MetricsWrite::Failed { .. })) {
+                    line.push_str("; metrics file NOT written (see the log)");
+                }
+                last_run = Some(line);
             }
             Err(e) => {
                 tracing::error!(error = %e, "scheduled run failed; the next one is still scheduled");

@@ -11,6 +11,7 @@
 pub mod env;
 pub mod locate;
 pub mod raw;
+pub mod schema;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -536,6 +537,8 @@ pub struct Config {
     pub safety: Safety,
     /// The report.
     pub report: ReportConfig,
+    /// Monitoring; `None` when `metrics:` is absent or sets nothing.
+    pub metrics: Option<MetricsConfig>,
     /// The profile named, if any.
     pub profile: Option<String>,
     /// The anonymous patron's source, if the profile or file names one.
@@ -546,6 +549,15 @@ pub struct Config {
     /// `pseudonyms.key_env` (default `LETHE_PSEUDONYM_KEY`) or `pseudonyms.key_file`,
     /// never from the YAML itself; at least 32 bytes.
     pub pseudonym_key: Option<SecretString>,
+}
+
+/// `metrics:`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The Prometheus text file written after every run (absolute, or joined to the
+    /// config file's folder); its name ends in `.prom`, the only files node_exporter's
+    /// textfile collector reads.
+    pub textfile: PathBuf,
 }
 
 /// Reads and validates the file at `path`. Relative paths inside it (a SQLite URL, the
@@ -799,6 +811,7 @@ impl Validator<'_> {
         let schedule = self.schedule(raw.schedule.as_ref());
         let mut safety = self.safety(raw.safety.as_ref());
         let report = self.report(raw.report.as_ref(), &library);
+        let metrics = self.metrics(raw.metrics.as_ref());
         if let Some(t) = raw.report.as_ref().and_then(|r| r.overdue_after.as_deref()) {
             match Period::parse(t) {
                 Ok(p) => {
@@ -913,6 +926,7 @@ impl Validator<'_> {
             schedule: schedule?,
             safety: safety?,
             report: report?,
+            metrics: metrics?,
             profile: raw.profile,
             anonymous_patron,
             classes,
@@ -1335,6 +1349,34 @@ impl Validator<'_> {
             send,
             library: library.to_string(),
         })
+    }
+
+    /// `Some(None)` when no metrics file is asked for; `None` after an error.
+    fn metrics(&mut self, m: Option<&raw::RawMetrics>) -> Option<Option<MetricsConfig>> {
+        let Some(raw_path) = m.and_then(|m| m.textfile.as_deref()) else {
+            return Some(None);
+        };
+        let path = self.expand("metrics.textfile", raw_path)?;
+        let file_name = Path::new(&path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        // node_exporter's textfile collector reads `*.prom` only: any other name would
+        // be written every night and never scraped, and the alerts would stay silent.
+        if !file_name.ends_with(".prom") || file_name == ".prom" {
+            self.err(
+                "metrics.textfile",
+                format!(
+                    "the file name {:?} does not end in .prom: node_exporter's textfile collector reads only *.prom \
+                     files (e.g. /var/lib/prometheus/node-exporter/lethe.prom)",
+                    truncate(file_name)
+                ),
+            );
+            return None;
+        }
+        Some(Some(MetricsConfig {
+            textfile: self.base.join(path),
+        }))
     }
 
     fn smtp(&mut self, s: &raw::RawSmtp) -> Option<SmtpConfig> {

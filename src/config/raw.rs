@@ -2,168 +2,237 @@
 //! interpretation. Unknown keys are errors (`deny_unknown_fields`). Everything that
 //! needs checking is a string or an option here and becomes a typed value in
 //! [`super::validate`].
+//!
+//! The same types derive [`schemars::JsonSchema`]: `lethe schema` prints the JSON Schema
+//! of `retention.yaml` made from them ([`super::schema`]), and each field's doc comment
+//! is its `description` there, the text an editor shows for the key. So every field's
+//! doc says what the key is, its format and its unit, and its default.
 
 use indexmap::IndexMap;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
-/// The whole file.
-#[derive(Debug, Default, Deserialize)]
+/// The whole file: Lethe's retention policy for one library (README.md,
+/// "Configuration").
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "retention.yaml")]
 pub struct RawConfig {
-    /// The library's name, for reports.
+    /// The library's name, shown in reports and the public schedule. Default: "the
+    /// library".
     pub library: Option<String>,
-    /// Connection to the library system's database.
+    /// The library system's database (required).
     pub database: Option<RawDatabase>,
-    /// When runs happen.
+    /// When runs happen (required): a cron line in the library's time zone.
     pub schedule: Option<RawSchedule>,
-    /// Guards.
+    /// Guards: mode, batch size, circuit breaker, clock skew, retention floor.
     pub safety: Option<RawSafety>,
-    /// The emailed report.
+    /// The director's report after each run: addresses, SMTP relay, outbox.
     pub report: Option<RawReport>,
-    /// `koha`, `evergreen` or `none`.
+    /// Monitoring: the Prometheus text file written after every run.
+    pub metrics: Option<RawMetrics>,
+    /// The library system whose classes of records apply: `koha`, `evergreen`, or
+    /// `none` (only the classes declared here). Default: none.
+    #[schemars(extend("enum" = ["koha", "evergreen", "none", null]))]
     pub profile: Option<String>,
-    /// Where the system's anonymous patron is found (profiles set this).
+    /// Where the system's anonymous patron is found (the profiles set this; only for
+    /// schemas without a profile).
     pub anonymous_patron: Option<RawAnonymousPatron>,
-    /// Classes of records, by name: added to or overriding the profile's.
+    /// Classes of records, by name: each overrides the profile's class of that name
+    /// field by field (lists are added to), or declares a new class (with table, key,
+    /// age, retain and action).
     pub classes: Option<IndexMap<String, RawClass>>,
-    /// Where the secret key of the `pseudonym` strategy is read from.
+    /// Where the secret key of the `pseudonym` strategy (action pseudonymize) is read
+    /// from: an environment variable or a file, never this file.
     pub pseudonyms: Option<RawPseudonyms>,
 }
 
 /// `pseudonyms:`: the secret key of the `pseudonym` strategy, from the environment or a
 /// file, never from the YAML.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPseudonyms {
-    /// Environment variable holding the key (default `LETHE_PSEUDONYM_KEY`).
+    /// Name of an environment variable holding the key. Default: LETHE_PSEUDONYM_KEY.
     pub key_env: Option<String>,
-    /// File whose first line is the key (e.g. under `/etc/lethe/`, readable only by Lethe).
+    /// Path of a file whose first line is the key (relative to this file's folder),
+    /// e.g. under /etc/lethe/, readable only by Lethe.
     pub key_file: Option<String>,
 }
 
 /// `database:`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
-    /// `sqlite://path`, `mysql://user@host/db`, `postgres://user@host/db`; `${VAR}` allowed.
+    /// Connection URL (required): `sqlite://PATH` (relative to this file's folder),
+    /// `mysql://USER@HOST[:PORT]/DB` or `postgres://USER@HOST[:PORT]/DB`; `${VAR}` and
+    /// `${VAR:-default}` are expanded. Never a password: use password_env or
+    /// password_file.
     pub url: Option<String>,
-    /// Name of an environment variable holding the password.
+    /// Name of an environment variable holding the database password, e.g.
+    /// LETHE_DB_PASSWORD.
     pub password_env: Option<String>,
-    /// Path of a file holding the password (first line).
+    /// Path of a file whose first line is the database password (relative to this
+    /// file's folder), e.g. /run/credentials/lethe.service/db-password.
     pub password_file: Option<String>,
 }
 
 /// `schedule:`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSchedule {
-    /// A 5-field cron line (minute hour day-of-month month day-of-week).
+    /// A 5-field cron line: minute hour day-of-month month day-of-week, in the
+    /// library's local time, e.g. "30 2 * * *" (02:30 every day). Required.
     pub cron: Option<String>,
-    /// IANA time zone name of the library.
+    /// The library's IANA time zone, e.g. America/New_York: runs fire and cutoffs are
+    /// computed on its local clock. Required.
     pub timezone: Option<String>,
 }
 
 /// `safety:`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSafety {
-    /// `enforce` or `dry-run`.
+    /// `enforce` (change rows) or `dry-run` (count, record and report, change
+    /// nothing). Default: enforce.
+    #[schemars(extend("enum" = ["enforce", "dry-run", "dry_run", null]))]
     pub mode: Option<String>,
-    /// Rows per batch transaction.
+    /// Keys per batch transaction, 1 to 10000. Default: 1000.
+    #[schemars(range(min = 1, max = 10000))]
     pub batch_size: Option<i64>,
-    /// Largest share of a table one class may change in one run, in (0, 1].
+    /// Circuit breaker: the largest share of a table one class may change in one run,
+    /// greater than 0 and at most 1 (0.5 = half). Default: 0.5.
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 1))]
     pub max_fraction: Option<f64>,
-    /// Largest allowed difference between this host's clock and the database's.
+    /// Largest allowed difference between this host's clock and the database's before
+    /// enforcing is refused: "N seconds|minutes|hours", at most 24 hours. Default: 5
+    /// minutes.
     pub max_clock_skew: Option<String>,
-    /// No retention period shorter than this is accepted.
+    /// Floor: no class may retain less than this calendar period, "N
+    /// hours|days|weeks|months|years". Default: 7 days.
     pub min_retention: Option<String>,
-    /// Most rounds one class may take to reach its fixed point.
+    /// Most rounds one class may take to reach its fixed point in a run, 1 to 100.
+    /// Default: 10.
+    #[schemars(range(min = 1, max = 100))]
     pub max_rounds: Option<i64>,
 }
 
 /// `report:`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawReport {
-    /// Sender address.
+    /// Sender mailbox, e.g. "Lethe <lethe@library.example>"; `${VAR}` expanded.
+    /// Default: Lethe <lethe@localhost>.
     pub from: Option<String>,
-    /// Recipients.
+    /// Recipient mailboxes (at least one), e.g. ["Director <director@library.example>"];
+    /// `${VAR}` expanded. Default: director@localhost.
     pub to: Option<Vec<String>>,
-    /// The relay.
+    /// The SMTP relay. Without it, reports wait in the outbox.
     pub smtp: Option<RawSmtp>,
-    /// Folder for unsent messages.
+    /// Folder for reports not sent yet (.eml files, sent at the next run), relative to
+    /// this file's folder; `${VAR}` expanded. Default: outbox.
     pub outbox: Option<String>,
-    /// When to send: `always`, `changes` or `failures`.
+    /// When to send: `always`, `changes` (a run changed rows, or failed) or
+    /// `failures`. Default: always.
+    #[schemars(extend("enum" = ["always", "changes", "failures", null]))]
     pub on: Option<String>,
-    /// A missed run is reported when the last enforced run is older than this, e.g.
-    /// "48 hours" (default: twice the schedule's interval).
+    /// A missed run is reported (and `lethe status --check` warns) when the last
+    /// enforced run is older than this period, "N hours|days|weeks|months|years", e.g.
+    /// "48 hours". Default: twice the schedule's interval.
     pub overdue_after: Option<String>,
 }
 
 /// `report.smtp:`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSmtp {
-    /// `smtps://user@host:465`, `smtp://user@host:587?tls=required`, `smtp://127.0.0.1:25`.
+    /// Relay URL: `smtps://USER@HOST:465` (implicit TLS),
+    /// `smtp://USER@HOST:587?tls=required` (STARTTLS), or plain `smtp://127.0.0.1:25`
+    /// to a loopback host only; `${VAR}` expanded. Required.
     pub url: Option<String>,
-    /// Environment variable holding the password.
+    /// Name of an environment variable holding the SMTP password.
     pub password_env: Option<String>,
-    /// File holding the password.
+    /// Path of a file whose first line is the SMTP password (relative to this file's
+    /// folder).
     pub password_file: Option<String>,
-    /// Upper bound on one send, e.g. "30 seconds".
+    /// Upper bound on one send, "N seconds|minutes|hours", e.g. "30 seconds".
+    /// Default: 30 seconds.
     pub timeout: Option<String>,
+}
+
+/// `metrics:`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Path of the Prometheus text file written after every run (replaced
+    /// atomically), for node_exporter's textfile collector: it must end in `.prom`,
+    /// e.g. /var/lib/prometheus/node-exporter/lethe.prom; relative to this file's
+    /// folder; `${VAR}` expanded. Unset: no file.
+    pub textfile: Option<String>,
 }
 
 /// `anonymous_patron:`: a preference row naming the patron that receives anonymized rows
 /// (Koha: `systempreferences.variable = 'AnonymousPatron'`).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAnonymousPatron {
-    /// Table of preferences.
+    /// The table of preferences, e.g. systempreferences.
     pub table: Option<String>,
-    /// Column holding the preference's name.
+    /// Its column holding the preference's name, e.g. variable.
     pub name_column: Option<String>,
-    /// Column holding its value.
+    /// Its column holding the value (a patron id), e.g. value.
     pub value_column: Option<String>,
-    /// The preference's name.
+    /// The preference's name (bound), e.g. AnonymousPatron.
     pub name: Option<String>,
-    /// The patrons table the value points into.
+    /// The patrons table the value points into, e.g. borrowers.
     pub patron_table: Option<String>,
-    /// The patrons table's key.
+    /// The patrons table's key column, e.g. borrowernumber.
     pub patron_key: Option<String>,
 }
 
 /// One class of records. All fields are optional so that a class in
 /// `retention.yaml` can override a profile's class field by field.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawClass {
-    /// Plain-language description for the public policy.
+    /// Plain-language description of the records, for the public policy (`lethe
+    /// policy`). Default: the profile's.
     pub description: Option<String>,
-    /// `false` turns a profile's class off.
+    /// `false` turns a profile's class off. Default: true.
     pub enabled: Option<bool>,
-    /// The table.
+    /// The table: a plain SQL name, or schema.table (not on SQLite). Required for a
+    /// new class.
     pub table: Option<String>,
-    /// Its integer primary key.
+    /// The table's integer primary key column (batches walk it). Required for a new
+    /// class.
     pub key: Option<String>,
-    /// The age column(s).
+    /// How a row's age is read: column(s), their type, and what the date means.
+    /// Required for a new class.
     pub age: Option<RawAge>,
-    /// The retention period, e.g. "30 days".
+    /// The retention period: a calendar period "N days|weeks|months|years" (or "N
+    /// hours", elapsed time), e.g. "30 days"; at least safety.min_retention.
     pub retain: Option<String>,
-    /// `delete` or `anonymize`.
+    /// What happens to a row past its period: `anonymize`, `pseudonymize` (the patron
+    /// id becomes a keyed pseudonym), `delete`, or `purge` (a function of the library
+    /// system, one row per transaction).
+    #[schemars(extend("enum" = ["anonymize", "pseudonymize", "delete", "purge", null]))]
     pub action: Option<String>,
-    /// For anonymize: column → strategy.
+    /// For action anonymize: column name → strategy (`set_null`, `anonymous_patron`,
+    /// or `{ set_value: X }`). Added to the profile's.
     pub anonymize: Option<IndexMap<String, RawStrategy>>,
-    /// For pseudonymize: column → strategy; exactly one column takes `pseudonym` (the
-    /// patron id), the others any anonymize strategy.
+    /// For action pseudonymize: column name → strategy; exactly one column takes
+    /// `pseudonym` (the patron id becomes a keyed pseudonym, so one patron's rows still
+    /// share a value), the others any anonymize strategy. Replaces the profile's
+    /// column strategies.
     pub pseudonymize: Option<IndexMap<String, RawStrategy>>,
-    /// Conditions every row of the class meets (all must hold).
+    /// Conditions every row of the class meets (all must hold). Added to the
+    /// profile's.
     pub scope: Option<Vec<RawCondition>>,
     /// Conditions under which a row is past its period at once, whatever its age (all
-    /// must hold).
+    /// must hold). Added to the profile's.
     pub immediate: Option<Vec<RawCondition>>,
-    /// Exemptions, each with a reason.
+    /// Exemptions: a row meeting any of them is kept, counted under its `reason`
+    /// (opt_in, legal_hold, obligations, protected). Added to the profile's.
     pub exempt: Option<Vec<RawCondition>>,
     /// For delete: rows of other tables deleted in the same transaction (tables with
     /// no foreign key to this one). For purge: rows of other tables deleted after the
@@ -177,40 +246,45 @@ pub struct RawClass {
     /// fixed value (Evergreen records an OPAC renewal's patron as its `circ_staff`, and
     /// aging copies it into `action.aged_circulation`).
     pub unlink: Option<RawUnlink>,
-    /// For action purge: the database function called once per row.
+    /// For action purge: the database function called once per row, and its
+    /// arguments.
     pub purge: Option<RawPurge>,
-    /// Functions that enabled triggers on the class's table must call (PostgreSQL);
-    /// `check` fails when one is missing or disabled.
+    /// Names of functions (schema.name) that enabled triggers on the class's table must
+    /// call (PostgreSQL); `check` fails when one is missing or disabled.
     pub triggers: Option<Vec<String>>,
     /// Conditions that mark a row the action has already handled (for purge: the row
-    /// stays, scrubbed). `verify` counts `delete_with` rows still linked to such rows.
+    /// stays, scrubbed), all must hold. `verify` counts `delete_with` rows still
+    /// linked to such rows.
     pub purged: Option<Vec<RawCondition>>,
 }
 
 /// `unlink:` of a class.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUnlink {
-    /// The columns that may hold the patron.
+    /// The row's columns that may hold the row's own patron (column names).
     pub columns: Option<Vec<String>>,
-    /// The column pointing to the previous row of the chain, if rows form chains.
+    /// The column pointing to the previous row of the chain (same table), if rows
+    /// form chains.
     pub chain: Option<String>,
-    /// The value written instead (e.g. Evergreen's administrator, user 1).
+    /// The value written instead: a number, string or boolean (e.g. 1, Evergreen's
+    /// administrator).
     pub set_value: Option<RawScalar>,
 }
 
 /// `purge:` of a class: `{ function: schema.name, args: [key, { value: 1 }] }`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPurge {
-    /// The function, optionally schema-qualified (`actor.usr_delete`).
+    /// The function's name, optionally schema-qualified, e.g. actor.usr_delete.
     pub function: Option<String>,
-    /// Its arguments in order: `key` (the row's key) or `{ value: X }`.
+    /// Its arguments in order, each `key` (the row's key) or `{ value: X }` (a fixed
+    /// value, bound).
     pub args: Option<Vec<RawArg>>,
 }
 
 /// One argument of a purge function.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawArg {
     /// `key`: the row's key.
@@ -220,21 +294,24 @@ pub enum RawArg {
 }
 
 /// `{ value: X }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawArgValue {
-    /// The value.
+    /// The fixed value: a number, string or boolean.
     pub value: RawScalar,
 }
 
 /// `age:` of a class.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAge {
-    /// One column, or several: the first non-NULL is the row's age (`COALESCE`).
+    /// The age column names: one, or several, the first non-NULL being the row's age
+    /// (`COALESCE`). A row whose age is NULL is never selected by age.
     pub columns: Option<Vec<String>>,
-    /// `datetime` (local wall time), `date`, or `timestamptz` (an instant).
+    /// How the columns compare with the cutoff: `datetime` (the library's local wall
+    /// time, as Koha), `date`, or `timestamptz` (an instant, as Evergreen).
     #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["datetime", "date", "timestamptz", null]))]
     pub kind: Option<String>,
     /// What the date means, in plain words completing "counted from …" ("the date you
     /// returned the item").
@@ -242,7 +319,7 @@ pub struct RawAge {
 }
 
 /// A column strategy: a name, or `{ set_value: X }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawStrategy {
     /// `set_null`, `anonymous_patron` or `pseudonym`.
@@ -252,15 +329,15 @@ pub enum RawStrategy {
 }
 
 /// `{ set_value: X }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSetValue {
-    /// The fixed value.
+    /// The fixed value written into the column: a number, string or boolean.
     pub set_value: RawScalar,
 }
 
 /// A scalar in a condition or strategy.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawScalar {
     /// `true` or `false`.
@@ -275,107 +352,116 @@ pub enum RawScalar {
 
 /// A condition: exactly one of a column test, `exists`, `not_exists` or
 /// `anonymous_patron`; `reason` only in `exempt:`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCondition {
-    /// In `exempt:`: `opt_in`, `legal_hold`, `obligations` or `protected`.
+    /// Only in `exempt:`, required there: why the row is kept, `opt_in`,
+    /// `legal_hold`, `obligations` or `protected`.
+    #[schemars(extend("enum" = ["opt_in", "legal_hold", "obligations", "protected", null]))]
     pub reason: Option<String>,
-    /// A column of the row (or, inside `exists.where`, of the other table).
+    /// The column a test applies to: of the row (or, inside `where`, of the other
+    /// table). Used with one of eq, ne, gt, ge, lt, le, like, is_null, not_null.
     pub column: Option<String>,
-    /// `=`.
+    /// The column equals this value (bound; NULL never matches).
     pub eq: Option<RawScalar>,
-    /// `<>` (NULL does not match).
+    /// The column differs from this value (bound; NULL does not match).
     pub ne: Option<RawScalar>,
-    /// `>`.
+    /// The column is greater than this value (bound).
     pub gt: Option<RawScalar>,
-    /// `>=`.
+    /// The column is greater than or equal to this value (bound).
     pub ge: Option<RawScalar>,
-    /// `<`.
+    /// The column is less than this value (bound).
     pub lt: Option<RawScalar>,
-    /// `<=`.
+    /// The column is less than or equal to this value (bound).
     pub le: Option<RawScalar>,
-    /// `LIKE` (a pattern with `%` and `_`).
+    /// The column matches this SQL LIKE pattern (`%` any text, `_` one character),
+    /// bound, e.g. "%-PURGED-%".
     pub like: Option<RawScalar>,
-    /// `IS NULL` when true.
+    /// `true`: the column is NULL.
     pub is_null: Option<bool>,
-    /// `IS NOT NULL` when true.
+    /// `true`: the column is not NULL.
     pub not_null: Option<bool>,
-    /// A row exists in another table linked to this one.
+    /// A row exists in another table whose `column` equals this row's `matches`.
     pub exists: Option<RawExists>,
-    /// No such row exists.
+    /// No row exists in another table whose `column` equals this row's `matches`.
     pub not_exists: Option<RawExists>,
-    /// The named column of the row is the anonymous patron.
+    /// The named column of the row holds the system's anonymous patron (a column
+    /// name).
     pub anonymous_patron: Option<String>,
-    /// All of these hold.
+    /// All of these conditions hold (at most 8 deep).
     pub all: Option<Vec<RawCondition>>,
-    /// At least one of these holds.
+    /// At least one of these conditions holds (at most 8 deep).
     pub any: Option<Vec<RawCondition>>,
-    /// This does not hold.
+    /// This condition does not hold (at most 8 deep).
     pub not: Option<Box<RawCondition>>,
     /// The row or a row before it in its chain (following a parent column, as
-    /// Evergreen's renewals follow `parent_circ`) meets every test of `where`.
+    /// Evergreen's renewals follow `parent_circ`) meets every test of `where`
+    /// (PostgreSQL only).
     pub chain: Option<RawChain>,
-    /// The row is older than the period the patron chose, read from a setting row.
+    /// The row is older than the period the patron chose, read from a setting row
+    /// (an interval such as "1 year"; unreadable values keep the row).
     pub patron_period: Option<RawPatronPeriod>,
 }
 
 /// `chain:`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawChain {
-    /// The column pointing to the previous row of the chain (same table).
+    /// The column pointing to the previous row of the chain (same table), e.g.
+    /// parent_circ.
     pub parent: Option<String>,
-    /// Column tests one row of the chain must meet (all of them).
+    /// Column tests one row of the chain must meet, all of them (at least one test).
     #[serde(rename = "where")]
     pub filter: Option<Vec<RawCondition>>,
 }
 
 /// `patron_period:`: a per-patron setting holding a period (Evergreen
 /// `actor.usr_setting` `history.circ.retention_age`, a JSON-encoded interval).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPatronPeriod {
-    /// The settings table.
+    /// The settings table (schema.table allowed), e.g. actor.usr_setting.
     pub table: Option<String>,
-    /// Its column holding the patron.
+    /// The settings table's column holding the patron, e.g. usr.
     pub column: Option<String>,
-    /// This row's column holding the patron.
+    /// This row's column holding the patron, e.g. usr.
     pub matches: Option<String>,
-    /// The settings table's name column.
+    /// The settings table's column holding the setting's name, e.g. name.
     pub name_column: Option<String>,
-    /// The setting's name.
+    /// The setting's name (bound), e.g. history.circ.retention_age.
     pub name: Option<String>,
-    /// The settings table's value column.
+    /// The settings table's column holding the period (an interval such as "1 year",
+    /// JSON-encoded or not), e.g. value.
     pub value_column: Option<String>,
 }
 
 /// `exists:` / `not_exists:`.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawExists {
-    /// The other table.
+    /// The other table (schema.table allowed).
     pub table: Option<String>,
-    /// Its column that links to this row.
+    /// The other table's column that links to this row.
     pub column: Option<String>,
-    /// This row's column it equals (default: the class's key).
+    /// This row's column it equals. Default: the class's key.
     pub matches: Option<String>,
-    /// Further column tests on the other table (all must hold).
+    /// Further column tests on the other table's row (all must hold).
     #[serde(rename = "where")]
     pub filter: Option<Vec<RawCondition>>,
 }
 
 /// `delete_with:` entry.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDependent {
-    /// The other table.
+    /// The other table (schema.table allowed).
     pub table: Option<String>,
-    /// Its column holding this class's key.
+    /// The other table's column holding this class's key.
     pub column: Option<String>,
 }
 
 /// An embedded profile: anonymous-patron source and classes.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawProfile {
     /// What the profile is for.

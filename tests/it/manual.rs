@@ -7,11 +7,13 @@ use std::process::{Command, Output};
 const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 
 /// The subcommands an administrator must find in the manual and the completions.
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 11] = [
     "check",
     "plan",
     "run",
     "verify",
+    "status",
+    "schema",
     "policy",
     "ledger",
     "demo",
