@@ -437,7 +437,7 @@ async fn check(path: &Path, strict: bool) -> u8 {
                         "undated rows (age column NULL: never past a period; only immediate rules reach them): {total}"
                     );
                     for (name, n) in &counts {
-                        out!("  {name:<28} {n}");
+                        out!("  {name:<30} {n}");
                     }
                 }
                 Err(e) => {

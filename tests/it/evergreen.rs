@@ -642,3 +642,160 @@ async fn a_realistic_evergreen_library_is_enforced_exactly() {
         assert_eq!(c.affected, 0, "{c:?}");
     }
 }
+
+/// The profile's other classes, named in the file (they ship off): rendered notices
+/// (events, then the texts no event links to, in the same run), patron activity, aged
+/// money, and the post code and birth year kept with aged loans and holds, each either
+/// side of its cutoff; a legal hold keeps a patron's events and so their texts.
+#[tokio::test(flavor = "multi_thread")]
+async fn notices_activity_aged_money_and_demographics() {
+    let Some(db) = evergreen_db().await else {
+        return;
+    };
+    usr(&db, 600, "2099-01-01 00:00:00+00").await;
+    usr(&db, 601, "2099-01-01 00:00:00+00").await;
+    // 90 days before now: 2026-03-17 12:00 UTC.
+    let old = "2026-03-17 11:59:59+00";
+    let recent = "2026-06-01 10:00:00+00";
+    for (id, at) in [(1, old), (2, old), (3, old), (4, recent), (5, old)] {
+        db.exec(&format!(
+            "INSERT INTO action_trigger.event_output (id, create_time, data) VALUES ({id}, '{at}', 'Dear CanaryFirst600, your book is overdue')"
+        ))
+        .await;
+    }
+    for (id, state, at, usr, out) in [
+        (1, "complete", old, 600, 1),
+        (2, "pending", old, 600, 2),
+        (3, "complete", old, 601, 5),
+        (4, "complete", recent, 600, 4),
+    ] {
+        db.exec(&format!(
+            "INSERT INTO action_trigger.event (id, target, run_time, update_time, state, context_user, template_output) \
+             VALUES ({id}, 1, '{at}', '{at}', '{state}', {usr}, {out})"
+        ))
+        .await;
+    }
+    // 1 year: 2025-06-15 12:00 UTC.
+    for (id, usr, at) in [
+        (1, 600, "2025-06-15 11:59:59+00"),
+        (2, 600, "2025-06-15 12:00:00+00"),
+        (3, 601, "2025-01-01 00:00:00+00"),
+    ] {
+        db.exec(&format!(
+            "INSERT INTO actor.usr_activity (id, usr, etype, event_time) VALUES ({id}, {usr}, 1, '{at}')"
+        ))
+        .await;
+    }
+    // 7 years: 2019-06-15 12:00 UTC.
+    for (id, at) in [(1, "2019-06-15 11:59:59+00"), (2, "2019-06-15 12:00:00+00")] {
+        db.exec(&format!(
+            "INSERT INTO money.aged_payment (id, xact, payment_ts, voided, amount, payment_type, refundable) \
+             VALUES ({id}, 1, '{at}', FALSE, 1.00, 'cash_payment', FALSE);
+             INSERT INTO money.aged_billing (id, xact, billing_ts, voided, amount, billing_type, btype, create_date) \
+             VALUES ({id}, 1, '{at}', FALSE, 1.00, 'Overdue materials', 1, '{at}')"
+        ))
+        .await;
+    }
+    // Aged loans and holds, made by Evergreen's own triggers: age two finished loans and
+    // two finished holds of patron 600 through the circulation and holds classes.
+    circ(
+        &db,
+        700,
+        600,
+        1,
+        "2024-06-15 11:59:59+00",
+        Some("2024-06-20 10:00:00+00"),
+        Some("2024-06-20 10:00:00+00"),
+        None,
+    )
+    .await;
+    circ(
+        &db,
+        701,
+        600,
+        2,
+        "2024-06-15 12:00:01+00",
+        Some("2024-06-20 10:00:00+00"),
+        Some("2024-06-20 10:00:00+00"),
+        None,
+    )
+    .await;
+    hold(&db, 710, 600, Some("2024-06-01 10:00:00+00"), None).await;
+    db.exec(
+        "UPDATE action.hold_request SET request_time = '2024-06-15 11:59:59+00' WHERE id = 710",
+    )
+    .await;
+    hold(&db, 711, 600, Some("2024-07-01 10:00:00+00"), None).await;
+    db.exec(
+        "UPDATE action.hold_request SET request_time = '2024-06-15 12:00:01+00' WHERE id = 711",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO actor.usr_address (id, usr, street1, city, state, post_code, country) VALUES (6000, 600, '1 Canary Lane', 'Canarytown', 'NY', '14850', 'US');
+         UPDATE actor.usr SET mailing_address = 6000 WHERE id = 600",
+    )
+    .await;
+    let cfg = eg_config(
+        &db,
+        "classes:\n  notice_events: {}\n  notice_texts: {}\n  patron_activity: {}\n  aged_payments: {}\n  aged_billings: {}\n  aged_circulation_demographics: {}\n  aged_hold_demographics: {}\n",
+    );
+    let pool = Db::connect(&cfg).await.unwrap();
+    lethe::legal_hold::place(&pool, 601, "CASE-EG-1", None, "clerk")
+        .await
+        .unwrap();
+    pool.close().await;
+    let run = run_at(&cfg, now(), true).await;
+    assert_eq!(run.status, lethe::summary::RunStatus::Ok, "{run:?}");
+    // The loans and holds aged first (profile order), carrying the post code and birth
+    // year; the demographics classes then null them for the one past two years.
+    assert_eq!(
+        db.count("action.aged_circulation WHERE id IN (700, 701)")
+            .await,
+        2
+    );
+    let c = class(&run, "notice_events");
+    assert_eq!((c.affected, c.kept.legal_hold), (1, 1), "{c:?}");
+    assert_eq!(ids_in(&db, "action_trigger.event").await, [2, 3, 4]);
+    // Output 1 lost its event in this run, 3 had none; 2 (pending event), 4 (recent) and
+    // 5 (held patron's event) stay.
+    assert_eq!(class(&run, "notice_texts").affected, 2);
+    assert_eq!(ids_in(&db, "action_trigger.event_output").await, [2, 4, 5]);
+    assert_eq!(ids_in(&db, "actor.usr_activity").await, [2, 3]);
+    assert_eq!(ids_in(&db, "money.aged_payment").await, [2]);
+    assert_eq!(ids_in(&db, "money.aged_billing").await, [2]);
+    assert_eq!(
+        db.count("action.aged_circulation WHERE id = 700 AND usr_post_code IS NULL AND usr_birth_year IS NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("action.aged_circulation WHERE id = 701 AND usr_post_code = '14850'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("action.aged_hold_request WHERE id = 710 AND usr_post_code IS NULL AND usr_birth_year IS NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("action.aged_hold_request WHERE id = 711 AND usr_post_code = '14850'")
+            .await,
+        1
+    );
+    // A second run changes nothing.
+    let again = run_at(&cfg, now(), true).await;
+    let total: u64 = again.classes.iter().map(|c| c.affected).sum();
+    assert_eq!(total, 0, "{again:?}");
+}
+
+/// Which of the ids 1..=5 are in `table`.
+async fn ids_in(db: &TestDb, table: &str) -> Vec<i64> {
+    let mut v = Vec::new();
+    for id in 1..=5 {
+        if db.count(&format!("{table} WHERE id = {id}")).await > 0 {
+            v.push(id);
+        }
+    }
+    v
+}
