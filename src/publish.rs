@@ -61,6 +61,11 @@ pub fn entry(class: &ClassDef) -> Entry {
                 .to_string()
         }
         Action::Delete => "It is deleted.".to_string(),
+        Action::Aggregate => {
+            "It is counted into the library's monthly statistics (by branch, kind of item and kind of \
+             account, never by person), then deleted."
+                .to_string()
+        }
         Action::Pseudonymize => {
             "It is pseudonymized: the record stays, for the library's statistics, but your patron number \
              in it is replaced by a code that cannot be traced back to you without a secret key the \

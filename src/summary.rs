@@ -45,6 +45,11 @@ pub enum Action {
     /// distinct borrowers survive (library privacy guidance allows anonymous or
     /// aggregated data for analysis; Koha's own `pseudonymized_transactions` works alike).
     Pseudonymize,
+    /// The row is counted into Lethe's monthly statistics table (`lethe_aggregates`: by
+    /// month, library, item type, patron category and kind), then deleted, in the same
+    /// transaction: only aggregated data survives (library privacy guidance allows it
+    /// for analysis).
+    Aggregate,
 }
 
 impl Action {
@@ -54,6 +59,7 @@ impl Action {
             Action::Delete => "delete",
             Action::Anonymize => "anonymize",
             Action::Pseudonymize => "pseudonymize",
+            Action::Aggregate => "aggregate",
             Action::Purge => "purge",
         }
     }

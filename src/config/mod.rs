@@ -486,6 +486,8 @@ pub struct ClassDef {
     pub triggers: Vec<TableName>,
     /// Conditions marking a row the action has already handled (purge leaves the row).
     pub purged: Vec<Condition>,
+    /// For aggregate: the columns the monthly counts are kept by.
+    pub aggregate: Option<AggregateBy>,
     /// The row's patron column, if it has one: open legal holds on that patron keep
     /// the row.
     pub patron: Option<Ident>,
@@ -504,6 +506,31 @@ impl ClassDef {
 
 /// The environment variable holding the pseudonym key when `pseudonyms:` names none.
 pub const DEFAULT_PSEUDONYM_KEY_ENV: &str = "LETHE_PSEUDONYM_KEY";
+
+/// The columns of an aggregate class's counts, each optional (`''` when absent or NULL).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AggregateBy {
+    /// Library or branch.
+    pub library: Option<Ident>,
+    /// Item type.
+    pub item_type: Option<Ident>,
+    /// Patron category.
+    pub patron_category: Option<Ident>,
+    /// Kind of transaction.
+    pub kind: Option<Ident>,
+}
+
+impl AggregateBy {
+    /// The columns, in the order of `lethe_aggregates`' dimensions.
+    pub fn columns(&self) -> [Option<&Ident>; 4] {
+        [
+            self.library.as_ref(),
+            self.item_type.as_ref(),
+            self.patron_category.as_ref(),
+            self.kind.as_ref(),
+        ]
+    }
+}
 
 /// Where the anonymous patron's id is read from.
 #[derive(Debug, Clone, PartialEq)]
@@ -1601,16 +1628,17 @@ impl Validator<'_> {
             Some("anonymize") => Some(Action::Anonymize),
             Some("purge") => Some(Action::Purge),
             Some("pseudonymize") => Some(Action::Pseudonymize),
+            Some("aggregate") => Some(Action::Aggregate),
             None => {
                 self.err(
                     &p,
-                    "missing: action (delete, anonymize, pseudonymize or purge)",
+                    "missing: action (delete, anonymize, pseudonymize, aggregate or purge)",
                 );
                 None
             }
             Some(other) => {
                 let m = format!(
-                    "unknown action {:?} (use delete, anonymize, pseudonymize or purge)",
+                    "unknown action {:?} (use delete, anonymize, pseudonymize, aggregate or purge)",
                     truncate(other)
                 );
                 self.err(&format!("{p}.action"), m);
@@ -1723,7 +1751,7 @@ impl Validator<'_> {
                     );
                 }
             }
-            Some(Action::Delete | Action::Purge) if c.anonymize.is_some() => {
+            Some(Action::Delete | Action::Purge | Action::Aggregate) if c.anonymize.is_some() => {
                 self.err(&format!("{p}.anonymize"), "only for action anonymize");
             }
             _ => {}
@@ -1834,8 +1862,32 @@ impl Validator<'_> {
                 delete_with.push(Dependent { table, column });
             }
         }
-        if matches!(action, Some(Action::Anonymize | Action::Pseudonymize))
-            && !delete_with.is_empty()
+        let aggregate = match (&c.aggregate, action) {
+            (Some(a), Some(Action::Aggregate)) => {
+                let by = a.by.clone().unwrap_or_default();
+                let ap = format!("{p}.aggregate.by");
+                let mut col = |name: &str, v: &Option<String>| match v {
+                    None => None,
+                    Some(x) => self.ident(&format!("{ap}.{name}"), Some(x)),
+                };
+                Some(AggregateBy {
+                    library: col("library", &by.library),
+                    item_type: col("item_type", &by.item_type),
+                    patron_category: col("patron_category", &by.patron_category),
+                    kind: col("kind", &by.kind),
+                })
+            }
+            (Some(_), _) => {
+                self.err(&format!("{p}.aggregate"), "only for action aggregate");
+                None
+            }
+            (None, Some(Action::Aggregate)) => Some(AggregateBy::default()),
+            (None, _) => None,
+        };
+        if matches!(
+            action,
+            Some(Action::Anonymize | Action::Pseudonymize | Action::Aggregate)
+        ) && !delete_with.is_empty()
         {
             self.err(&format!("{p}.delete_with"), "only for action delete");
         }
@@ -1893,6 +1945,7 @@ impl Validator<'_> {
             purged: purged?.into_iter().map(resolve).collect(),
             patron,
             unlink,
+            aggregate,
             key,
         })
     }
@@ -2224,7 +2277,7 @@ fn truncate(s: &str) -> String {
 /// `delete_with`) and the `anonymize` map are added to the profile's, never replace
 /// them: a file can make a profile class keep more, never silently drop one of its
 /// protections (fail safe). Switching an anonymize class to `action: delete` drops its
-/// column strategies; giving `pseudonymize:` replaces them. Naming a class turns it on
+/// column strategies (so does `action: aggregate`); giving `pseudonymize:` replaces them. Naming a class turns it on
 /// unless the file says `enabled: false`.
 fn merge_class(base: &mut RawClass, mut over: RawClass) {
     // Naming a profile class in the file turns it on (profiles ship some classes off).
@@ -2237,7 +2290,7 @@ fn merge_class(base: &mut RawClass, mut over: RawClass) {
             base.$f.get_or_insert_with(Vec::new).extend(more);
         } )* };
     }
-    if over.action.as_deref() == Some("delete") && over.anonymize.is_none() {
+    if matches!(over.action.as_deref(), Some("delete" | "aggregate")) && over.anonymize.is_none() {
         base.anonymize = None;
     }
     // Switching to pseudonymize replaces the column strategies: the patron column takes
@@ -2260,7 +2313,8 @@ fn merge_class(base: &mut RawClass, mut over: RawClass) {
         retain,
         action,
         purge,
-        patron
+        patron,
+        aggregate
     );
     extend!(scope, immediate, exempt, delete_with, triggers, purged);
 }

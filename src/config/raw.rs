@@ -246,6 +246,8 @@ pub struct RawClass {
     /// fixed value (Evergreen records an OPAC renewal's patron as its `circ_staff`, and
     /// aging copies it into `action.aged_circulation`).
     pub unlink: Option<RawUnlink>,
+    /// For action aggregate: the columns the monthly counts are kept by.
+    pub aggregate: Option<RawAggregate>,
     /// For action purge: the database function called once per row, and its
     /// arguments.
     pub purge: Option<RawPurge>,
@@ -256,6 +258,30 @@ pub struct RawClass {
     /// stays, scrubbed), all must hold. `verify` counts `delete_with` rows still
     /// linked to such rows.
     pub purged: Option<Vec<RawCondition>>,
+}
+
+/// `aggregate:` of a class: `{ by: { library: branch, item_type: itemtype, … } }`.
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregate {
+    /// The row's columns the counts are kept by (each optional; the month always, from
+    /// the class's age).
+    pub by: Option<RawAggregateBy>,
+}
+
+/// `aggregate.by:`.
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAggregateBy {
+    /// The column naming the library or branch (Koha `statistics.branch`).
+    pub library: Option<String>,
+    /// The column naming the item type (Koha `statistics.itemtype`).
+    pub item_type: Option<String>,
+    /// The column naming the patron category (Koha `statistics.categorycode`).
+    pub patron_category: Option<String>,
+    /// The column naming the kind of transaction (Koha `statistics.type`: issue, return,
+    /// renew…), so that checkouts are counted apart from returns.
+    pub kind: Option<String>,
 }
 
 /// `unlink:` of a class.

@@ -46,6 +46,10 @@ pub enum DbError {
     /// The anonymous patron preference is unusable.
     #[error("{0}")]
     AnonymousPatron(String),
+    /// A batch's rows changed between reading and changing them (another writer): the
+    /// batch was rolled back, nothing of it counted.
+    #[error("{0}")]
+    Consistency(String),
     /// The run lock could not be tried (not: it is taken; see [`lock::RunLock`]).
     #[error("run lock: {0}")]
     Lock(String),
@@ -852,6 +856,9 @@ fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>
     }
     for a in &c.age.columns {
         out.push((ctx.clone(), c.table.clone(), a.clone()));
+    }
+    for col in c.aggregate.iter().flat_map(|a| a.columns()).flatten() {
+        out.push((ctx.clone(), c.table.clone(), col.clone()));
     }
     for (col, _) in &c.anonymize {
         out.push((ctx.clone(), c.table.clone(), col.clone()));

@@ -58,6 +58,8 @@ pub struct Bindings {
     pub legal_holds: bool,
     /// The pseudonym key, for classes that pseudonymize (redacted in `Debug`).
     pub pseudonym_key: Option<Arc<secrecy::SecretString>>,
+    /// The library's time zone (aggregate months are local months).
+    pub timezone: chrono_tz::Tz,
 }
 
 /// A (schema-qualified) table name for sea-query.
@@ -648,6 +650,137 @@ pub fn undated_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
         .from(table_ref(&class.table))
         .cond_where(all.add(age_expr(class).is_null()));
     q
+}
+
+/// `expr` as text on every backend (an aggregate's age and dimensions are read as text).
+fn as_text(e: Expr, backend: Backend) -> Expr {
+    let to = match backend {
+        Backend::MySql => "CHAR",
+        _ => "TEXT",
+    };
+    Func::cast_as(e, Alias::new(to)).into()
+}
+
+/// For a keyless aggregate batch: `age <= CAST(upto AS <the age's type>)`, `upto` being
+/// an age read back as text by [`aggregate_boundary_query`].
+fn upto_cond(class: &ClassDef, b: &Bindings, upto: &str) -> SqCond {
+    let ty = match (class.age.kind, b.backend) {
+        (AgeType::Date, _) => "DATE",
+        (AgeType::Timestamptz, Backend::Postgres) => "TIMESTAMPTZ",
+        (_, Backend::Postgres) => "TIMESTAMP",
+        _ => "DATETIME",
+    };
+    Cond::all().add(age_expr(class).lte(Func::cast_as(Expr::val(upto.to_string()), Alias::new(ty))))
+}
+
+/// Aggregate: the rows a batch deletes, as text: the age, then the four dimensions
+/// ([`crate::config::AggregateBy::columns`]; `''` for one not configured). Either the
+/// eligible rows among `keys` or (keyless) the eligible rows with age up to `upto`
+/// (all of them when `None`); locked for update where the backend can.
+pub fn aggregate_rows_query(
+    class: &ClassDef,
+    b: &Bindings,
+    keys: Option<&[i64]>,
+    upto: Option<&str>,
+) -> SelectStatement {
+    let mut q = Query::select();
+    q.expr(as_text(age_expr(class), b.backend));
+    let by = class.aggregate.clone().unwrap_or_default();
+    for col in by.columns() {
+        match col {
+            Some(c) => q.expr(as_text(tcol(&class.table, c), b.backend)),
+            None => q.expr(Expr::val("")),
+        };
+    }
+    q.from(table_ref(&class.table))
+        .cond_where(eligible(class, b));
+    if let Some(keys) = keys {
+        q.and_where(key_in(class, keys));
+    }
+    if let Some(u) = upto {
+        q.cond_where(upto_cond(class, b, u));
+    }
+    if b.backend != Backend::Sqlite {
+        q.lock(LockType::Update);
+    }
+    q
+}
+
+/// Keyless aggregate, MySQL and PostgreSQL: the age of the `limit`-th oldest eligible
+/// row (as text), or none when fewer are left. A batch is then every eligible row up to
+/// that age: the same predicate reads and deletes the same rows under lock, so the
+/// counts are exact (ties at the boundary make a batch a little larger, never wrong).
+pub fn aggregate_boundary_query(class: &ClassDef, b: &Bindings, limit: u64) -> SelectStatement {
+    let mut q = Query::select();
+    q.expr(as_text(age_expr(class), b.backend))
+        .from(table_ref(&class.table))
+        .cond_where(eligible(class, b))
+        .and_where(age_expr(class).is_not_null())
+        .order_by_expr(age_expr(class), Order::Asc)
+        .limit(1)
+        .offset(limit.saturating_sub(1));
+    q
+}
+
+/// Keyless aggregate: `DELETE … WHERE <eligible> [AND age <= upto]`.
+pub fn aggregate_upto_delete(
+    class: &ClassDef,
+    b: &Bindings,
+    upto: Option<&str>,
+) -> DeleteStatement {
+    let mut d = Query::delete();
+    d.from_table(table_ref(&class.table))
+        .cond_where(eligible(class, b));
+    if let Some(u) = upto {
+        d.cond_where(upto_cond(class, b, u));
+    }
+    d
+}
+
+/// The dimension columns of `lethe_aggregates`, in order.
+pub const AGGREGATE_DIMS: [&str; 4] = ["library", "item_type", "patron_category", "kind"];
+
+/// `UPDATE lethe_aggregates SET count = count + n WHERE <class, month, dims>`.
+pub fn aggregate_add_statement(
+    class: &str,
+    month: &str,
+    dims: &[String; 4],
+    n: i64,
+) -> UpdateStatement {
+    let mut u = Query::update();
+    u.table(Alias::new("lethe_aggregates"))
+        .value(Alias::new("count"), Expr::col(Alias::new("count")).add(n))
+        .and_where(Expr::col(Alias::new("class")).eq(class))
+        .and_where(Expr::col(Alias::new("month")).eq(month));
+    for (name, v) in AGGREGATE_DIMS.iter().zip(dims) {
+        u.and_where(Expr::col(Alias::new(*name)).eq(v.clone()));
+    }
+    u
+}
+
+/// `INSERT INTO lethe_aggregates …` for a group not counted before.
+pub fn aggregate_insert_statement(
+    class: &str,
+    month: &str,
+    dims: &[String; 4],
+    n: i64,
+) -> sea_query::InsertStatement {
+    let mut i = Query::insert();
+    i.into_table(Alias::new("lethe_aggregates"))
+        .columns(
+            ["class", "month"]
+                .into_iter()
+                .chain(AGGREGATE_DIMS)
+                .chain(["count"])
+                .map(Alias::new),
+        )
+        .values_panic(
+            [Expr::val(class.to_string()), Expr::val(month.to_string())]
+                .into_iter()
+                .chain(dims.iter().map(|d| Expr::val(d.clone())))
+                .chain([Expr::val(n)]),
+        );
+    i
 }
 
 /// `SELECT COUNT(*) FROM table`: the size of a keyless table, for the circuit breaker.

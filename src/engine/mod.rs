@@ -347,6 +347,7 @@ fn bindings(
                 .unwrap_or_default(),
         ),
         legal_holds: p.legal_holds,
+        timezone: cfg.schedule.timezone,
         pseudonym_key: cfg.pseudonym_key.clone().map(std::sync::Arc::new),
     })
 }
@@ -761,6 +762,14 @@ pub fn policy_json(cfg: &Config) -> String {
                 if !c.purged.is_empty() {
                     obj.insert("purged".into(), serde_json::json!(c.purged.iter().map(condition_json).collect::<Vec<_>>()));
                 }
+                if let Some(a) = &c.aggregate {
+                    let by: serde_json::Map<String, serde_json::Value> = sql::AGGREGATE_DIMS
+                        .iter()
+                        .zip(a.columns())
+                        .filter_map(|(d, col)| col.map(|c| ((*d).to_string(), serde_json::json!(c.as_str()))))
+                        .collect();
+                    obj.insert("aggregate".into(), serde_json::json!({ "by": by }));
+                }
             }
             v
         })
@@ -1103,6 +1112,14 @@ async fn batch(
             tx.execute(&sql::anonymize_statement(class, b, &keys, &[]))
                 .await?
         }
+        Action::Aggregate => {
+            let rows = tx
+                .fetch_cells(&sql::aggregate_rows_query(class, b, Some(&keys), None))
+                .await?;
+            let n = tx.execute(&sql::delete_statement(class, b, &keys)).await?;
+            add_aggregates(&mut tx, class, b, &rows, n).await?;
+            n
+        }
         Action::Pseudonymize => {
             let pseudonyms = match sql::pseudonym_column(class) {
                 Some(col) => {
@@ -1226,6 +1243,24 @@ async fn limit_batch(
             tx.execute(&sql::limited_delete_statement(class, b, limit))
                 .await?
         }
+        Action::Aggregate => {
+            let upto = tx
+                .fetch_opt_strings(&sql::aggregate_boundary_query(class, b, limit))
+                .await?
+                .and_then(|mut r| r.pop().flatten());
+            let rows = tx
+                .fetch_cells(&sql::aggregate_rows_query(class, b, None, upto.as_deref()))
+                .await?;
+            if rows.is_empty() {
+                0
+            } else {
+                let n = tx
+                    .execute(&sql::aggregate_upto_delete(class, b, upto.as_deref()))
+                    .await?;
+                add_aggregates(&mut tx, class, b, &rows, n).await?;
+                n
+            }
+        }
         // Validation refuses purge without a key.
         Action::Purge => 0,
     };
@@ -1235,6 +1270,83 @@ async fn limit_batch(
     ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
     tx.commit().await?;
     Ok(changed)
+}
+
+/// Adds the deleted `rows` (age and dimensions as text, from
+/// [`sql::aggregate_rows_query`]) to `lethe_aggregates`, in the batch's transaction.
+/// `deleted` must equal the number of rows read (both ran under the same locks with the
+/// same predicate); otherwise the batch is refused and rolled back.
+async fn add_aggregates(
+    tx: &mut crate::db::Tx,
+    class: &ClassDef,
+    b: &Bindings,
+    rows: &[Vec<crate::db::Cell>],
+    deleted: u64,
+) -> Result<(), DbError> {
+    if deleted != rows.len() as u64 {
+        return Err(DbError::Consistency(format!(
+            "class {}: {} rows read for the counts but {deleted} deleted; the batch was rolled back",
+            class.name,
+            rows.len()
+        )));
+    }
+    let mut groups: std::collections::BTreeMap<(String, [String; 4]), i64> =
+        std::collections::BTreeMap::new();
+    for r in rows {
+        let age = r.first().and_then(|c| c.text());
+        let Some(month) = age
+            .as_deref()
+            .and_then(|a| month_of(a, class.age.kind, b.timezone))
+        else {
+            return Err(DbError::Consistency(format!(
+                "class {}: a row's age could not be read as a date; the batch was rolled back",
+                class.name
+            )));
+        };
+        let dim = |i: usize| r.get(i).and_then(|c| c.text()).unwrap_or_default();
+        *groups
+            .entry((month, [dim(1), dim(2), dim(3), dim(4)]))
+            .or_insert(0) += 1;
+    }
+    for ((month, dims), n) in groups {
+        let added = tx
+            .execute(&sql::aggregate_add_statement(&class.name, &month, &dims, n))
+            .await?;
+        if added == 0 {
+            tx.execute(&sql::aggregate_insert_statement(
+                &class.name,
+                &month,
+                &dims,
+                n,
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The local month (`YYYY-MM`) of an age read as text: a wall-clock date or time is
+/// its own month; an instant (UTC text, or with an offset on PostgreSQL) is converted
+/// to the library's zone first.
+fn month_of(age: &str, kind: AgeType, tz: chrono_tz::Tz) -> Option<String> {
+    let t = age.trim();
+    match kind {
+        AgeType::Date | AgeType::Datetime => {
+            chrono::NaiveDate::parse_from_str(t.get(..10)?, "%Y-%m-%d")
+                .ok()
+                .map(|d| d.format("%Y-%m").to_string())
+        }
+        AgeType::Timestamptz => {
+            let instant = chrono::DateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f%#z")
+                .map(|d| d.with_timezone(&Utc))
+                .or_else(|_| {
+                    chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f")
+                        .map(|n| n.and_utc())
+                })
+                .ok()?;
+            Some(instant.with_timezone(&tz).format("%Y-%m").to_string())
+        }
+    }
 }
 
 /// Purges one row in its own transaction: lock it and check it again, call the

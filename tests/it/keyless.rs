@@ -342,3 +342,172 @@ async fn check_counts_rows_no_period_reaches(db: TestDb) {
     assert_eq!(undated, [("tally".to_string(), 2)]);
     d.close().await;
 }
+
+/// The aggregate test's table: a `kind` (issue, return) and a category besides
+/// `tally`'s columns; with a key or without one (`statistics`-like).
+async fn aggregate_table(db: &TestDb, keyed: bool) {
+    let id = match (keyed, db.backend) {
+        (false, _) => "",
+        (true, Backend::Sqlite) => "id INTEGER PRIMARY KEY, ",
+        (true, Backend::MySql) => "id INT AUTO_INCREMENT PRIMARY KEY, ",
+        (true, Backend::Postgres) => "id BIGSERIAL PRIMARY KEY, ",
+    };
+    let ts = if db.backend == Backend::Postgres {
+        "TIMESTAMP"
+    } else {
+        "DATETIME"
+    };
+    db.exec(&format!(
+        "CREATE TABLE circ_stats ({id}happened {ts} NULL, branch VARCHAR(10) NULL, kind VARCHAR(16) NULL, \
+         category VARCHAR(10) NULL, patron INT NULL)"
+    ))
+    .await;
+    for m in 0..6i64 {
+        for n in 0..30i64 {
+            let month = MONTHS[m as usize];
+            let happened = format!("{month}-{:02} {:02}:30:00", 1 + n % 28, 9 + n % 8);
+            db.insert(
+                "circ_stats",
+                &[
+                    ("happened", s_(&happened)),
+                    ("branch", s_(if n % 3 == 0 { "EAST" } else { "MAIN" })),
+                    ("kind", s_(if n % 4 == 0 { "return" } else { "issue" })),
+                    ("category", if n % 7 == 0 { V::Null } else { s_("PT") }),
+                    ("patron", i(100 + n % 9)),
+                ],
+            )
+            .await;
+        }
+    }
+}
+
+/// Per month: checkouts (`kind = 'issue'`) still in the table plus those Lethe counted
+/// into `lethe_aggregates`.
+async fn checkouts_per_month(db: &TestDb, with_aggregates: bool) -> Vec<i64> {
+    let mut out = Vec::new();
+    for w in MONTHS.windows(2) {
+        let rows = db
+            .count(&format!(
+                "circ_stats WHERE kind = 'issue' AND happened >= '{}-01 00:00:00' AND happened < '{}-01 00:00:00'",
+                w[0], w[1]
+            ))
+            .await;
+        let counted = if with_aggregates {
+            db.int(&format!(
+                "SELECT COALESCE(SUM(count), 0) FROM lethe_aggregates WHERE class = 'circ_stats' AND kind = 'issue' AND month = '{}'",
+                w[0]
+            ))
+            .await
+            .unwrap_or(0)
+        } else {
+            0
+        };
+        out.push(rows + counted);
+    }
+    out
+}
+
+async fn aggregated_statistics_keep_their_monthly_counts(db: TestDb, keyed: bool) {
+    aggregate_table(&db, keyed).await;
+    let key = if keyed { "    key: id\n" } else { "" };
+    let extra = format!(
+        "classes:\n  circ_stats:\n    table: circ_stats\n{key}    patron: patron\n    \
+         age: {{ columns: [happened], type: datetime }}\n    retain: 30 days\n    action: aggregate\n    \
+         aggregate: {{ by: {{ library: branch, patron_category: category, kind: kind }} }}\n\
+         safety:\n  batch_size: 7\n"
+    );
+    let cfg = config_with_profile(&db.url, "none", &extra);
+    let before = checkouts_per_month(&db, false).await;
+    let total = db.count("circ_stats").await;
+    let past = db
+        .count("circ_stats WHERE happened < '2026-05-16 08:00:00'")
+        .await;
+    let r = run_at(&cfg, now(), true).await;
+    let c = class(&r, "circ_stats");
+    assert_eq!(c.affected, past as u64, "{c:?}");
+    assert_eq!(
+        db.count("circ_stats WHERE happened < '2026-05-16 08:00:00'")
+            .await,
+        0
+    );
+    // Issue 4's "Done when": the same per-month checkout counts before and after.
+    assert_eq!(checkouts_per_month(&db, true).await, before);
+    // Every deleted row is counted once: rows left + counted = rows before.
+    let counted = db
+        .int("SELECT COALESCE(SUM(count), 0) FROM lethe_aggregates")
+        .await
+        .unwrap_or(0);
+    assert_eq!(db.count("circ_stats").await + counted, total);
+    // By branch and category too; a NULL category is counted under ''.
+    assert!(
+        db.count("lethe_aggregates WHERE library = 'EAST' AND patron_category = ''")
+            .await
+            > 0
+    );
+    // A second run changes nothing and counts nothing twice.
+    assert_eq!(
+        class(&run_at(&cfg, now(), true).await, "circ_stats").affected,
+        0
+    );
+    assert_eq!(
+        db.int("SELECT COALESCE(SUM(count), 0) FROM lethe_aggregates")
+            .await
+            .unwrap_or(0),
+        counted
+    );
+}
+
+three_backends!(aggregated_statistics_without_a_key);
+async fn aggregated_statistics_without_a_key(db: TestDb) {
+    aggregated_statistics_keep_their_monthly_counts(db, false).await
+}
+
+three_backends!(aggregated_statistics_with_a_key);
+async fn aggregated_statistics_with_a_key(db: TestDb) {
+    aggregated_statistics_keep_their_monthly_counts(db, true).await
+}
+
+both_backends!(koha_statistics_can_be_aggregated_instead);
+/// The Koha profile's `circulation_statistics` switched to aggregate in the file: the
+/// profile's column strategy is dropped, Koha's keyless `statistics` rows are counted by
+/// branch, item type, category and type, and deleted.
+async fn koha_statistics_can_be_aggregated_instead(db: TestDb) {
+    for (n, when, ty) in [
+        (1, "2026-04-01 10:00:00", "issue"),
+        (2, "2026-04-02 10:00:00", "issue"),
+        (3, "2026-04-03 10:00:00", "return"),
+        (4, "2026-06-10 10:00:00", "issue"),
+    ] {
+        db.insert(
+            "statistics",
+            &[
+                ("datetime", s_(when)),
+                ("branch", s_("MAIN")),
+                ("type", s_(ty)),
+                ("itemtype", s_("BK")),
+                ("borrowernumber", i(40 + n)),
+                ("categorycode", s_("PT")),
+            ],
+        )
+        .await;
+    }
+    let extra = "classes:\n  circulation_history: { enabled: false }\n  holds_history: { enabled: false }\n  expired_patrons: { enabled: false }\n  circulation_statistics:\n    action: aggregate\n    aggregate: { by: { library: branch, item_type: itemtype, patron_category: categorycode, kind: type } }\n";
+    let cfg = db.config(extra);
+    let c = cfg
+        .classes
+        .iter()
+        .find(|c| c.name == "circulation_statistics")
+        .unwrap();
+    assert!(c.anonymize.is_empty());
+    let r = run_at(&cfg, now(), true).await;
+    assert_eq!(class(&r, "circulation_statistics").affected, 3);
+    assert_eq!(db.count("statistics").await, 1);
+    assert_eq!(
+        db.int("SELECT SUM(count) FROM lethe_aggregates WHERE month = '2026-04' AND kind = 'issue' AND library = 'MAIN' AND item_type = 'BK' AND patron_category = 'PT'")
+            .await,
+        Some(2),
+        "{} groups, {} item types BK",
+        db.count("lethe_aggregates").await,
+        db.count("lethe_aggregates WHERE item_type = 'BK'").await
+    );
+}
