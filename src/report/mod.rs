@@ -804,7 +804,9 @@ fn esc(text: &str) -> String {
 
 const TH: &str =
     "text-align:left;font-weight:normal;color:#555;padding:2px 16px 2px 0;vertical-align:top";
-const TD: &str = "padding:2px 0;vertical-align:top";
+/// Values may break anywhere when they must: a schema-qualified table name such as
+/// Evergreen's `auditor.actor_usr_address_history` is wider than a phone's value column.
+const TD: &str = "padding:2px 0;vertical-align:top;overflow-wrap:anywhere";
 
 fn write_html_rows(out: &mut String, rows: &[(&'static str, String)]) {
     for (label, value) in rows {
@@ -824,7 +826,7 @@ fn write_html_hash_rows(out: &mut String, rows: &[(&'static str, String)]) {
     for (label, value) in rows {
         let _ = writeln!(
             out,
-            "<tr><th scope=\"row\" style=\"{TH}\">{}</th><td style=\"{TD};font-family:monospace;font-size:small;word-break:break-all;overflow-wrap:anywhere\">{}</td></tr>",
+            "<tr><th scope=\"row\" style=\"{TH}\">{}</th><td style=\"{TD};font-family:monospace;font-size:small;word-break:break-all\">{}</td></tr>",
             esc(label),
             esc(value)
         );

@@ -412,7 +412,10 @@ fn check_report(
             "{what}, {size}: the chart is laid out at its own size"
         );
         let classes = ledger["classes"].as_array().expect("classes");
-        assert_eq!(classes.len(), 3);
+        assert!(
+            classes.len() >= 3,
+            "the shipped config's classes: {classes:?}"
+        );
         for class in classes {
             let name = class["class"].as_str().expect("class name");
             let rows = section(frame, &format!("Class: {name}"));
@@ -484,9 +487,13 @@ async fn the_report_and_the_public_schedule_render_in_chromium_at_phone_and_desk
     let shipped =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("retention.yaml"))
             .expect("shipped retention.yaml");
-    let thirty = "  circulation_history:\n    retain: 30 days\n";
-    assert!(shipped.contains(thirty), "the shipped config changed shape");
-    let a_year = shipped.replace(thirty, "  circulation_history:\n    retain: 1 year\n");
+    let thirty =
+        regex::Regex::new(r"(?m)^(  circulation_history:.*\n    retain: )30 days$").expect("regex");
+    assert!(
+        thirty.is_match(&shipped),
+        "the shipped config changed shape"
+    );
+    let a_year = thirty.replace(&shipped, "${1}1 year").into_owned();
     std::fs::write(root.join("retention.yaml"), a_year).expect("write config");
     lethe(root, &["demo", "--dir", "demo"]);
     std::fs::write(root.join("retention.yaml"), &shipped).expect("write config");
@@ -508,18 +515,20 @@ async fn the_report_and_the_public_schedule_render_in_chromium_at_phone_and_desk
 
     // The run that tightened the policy: rows changed, a notice, a chart of 2 runs.
     let (probed, ledger) = check_report(&mut browser, root, &pages, &emls[1], "change");
-    let changed = ledger["classes"][0]["affected"].as_u64();
+    let classes = ledger["classes"].as_array().expect("classes");
+    let circulation = classes
+        .iter()
+        .find(|c| c["class"] == "circulation_history")
+        .expect("circulation_history in the run");
     assert!(
-        changed > Some(0),
+        circulation["affected"].as_u64() > Some(0),
         "the 30-day run anonymized circulation history"
     );
+    let enforced = format!("All {} kinds of record were enforced;", classes.len());
     for size in ["phone", "desktop"] {
         let frame = &probed[size];
         let verdict = frame["first_paragraph"].as_str().expect("verdict");
-        assert!(
-            verdict.starts_with("All 3 kinds of record were enforced;"),
-            "{verdict}"
-        );
+        assert!(verdict.starts_with(&enforced), "{verdict}");
         let text = frame["text"].as_str().expect("text");
         assert!(
             text.contains("Notice: The retention policy changed"),
