@@ -153,13 +153,18 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// The schedule as a standalone HTML page, dated `date`. Every text is escaped.
+/// The schedule as a standalone HTML page, dated `date`. Every text is escaped. It
+/// carries a viewport meta tag and breaks the policy hash anywhere, so it fits a phone
+/// (390 px) without scrolling sideways (`tests/it/browser.rs` checks it in Chromium).
 pub fn html(cfg: &Config, date: NaiveDate) -> String {
     let lib = esc(&cfg.library);
     let mut out = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <title>How long {lib} keeps your records</title>\n\
-         <style>body{{font-family:sans-serif;max-width:42em;margin:2em auto;line-height:1.5}}\
+         <style>body{{font-family:sans-serif;max-width:42em;margin:2em auto;padding:0 1em;line-height:1.5}}\
+         dt{{font-weight:bold}}dd{{margin-left:1.5em}}\
+         code{{word-break:break-all;overflow-wrap:anywhere}}\
          footer{{color:#555;font-size:.9em;border-top:1px solid #ccc;margin-top:2em}}</style>\n\
          </head>\n<body>\n<h1>How long {lib} keeps your records</h1>\n\
          <p>The library keeps records about your use of it only as long as it needs them. This schedule lists each \

@@ -808,13 +808,29 @@ fn esc(text: &str) -> String {
 
 const TH: &str =
     "text-align:left;font-weight:normal;color:#555;padding:2px 16px 2px 0;vertical-align:top";
-const TD: &str = "padding:2px 0;vertical-align:top";
+/// Values may break anywhere when they must: a schema-qualified table name such as
+/// Evergreen's `auditor.actor_usr_address_history` is wider than a phone's value column.
+const TD: &str = "padding:2px 0;vertical-align:top;overflow-wrap:anywhere";
 
 fn write_html_rows(out: &mut String, rows: &[(&'static str, String)]) {
     for (label, value) in rows {
         let _ = writeln!(
             out,
             "<tr><th scope=\"row\" style=\"{TH}\">{}</th><td style=\"{TD}\">{}</td></tr>",
+            esc(label),
+            esc(value)
+        );
+    }
+}
+
+/// The auditor's rows: a hash is 64 characters of monospace, wider than a phone, so
+/// its cell may break it anywhere (found in Chromium at 390 px: the page scrolled
+/// sideways).
+fn write_html_hash_rows(out: &mut String, rows: &[(&'static str, String)]) {
+    for (label, value) in rows {
+        let _ = writeln!(
+            out,
+            "<tr><th scope=\"row\" style=\"{TH}\">{}</th><td style=\"{TD};font-family:monospace;font-size:small;word-break:break-all\">{}</td></tr>",
             esc(label),
             esc(value)
         );
@@ -840,7 +856,10 @@ fn chart_cid(cfg: &ReportConfig, summary: &RunSummary) -> String {
 /// with the verdict and the notices. When `ctx.history` is not empty it shows the
 /// history chart as `<img src="cid:…">`, the image [`build_message`] attaches inline in
 /// the same `multipart/related` part (this document alone does not contain it), with
-/// the run, day and count of each bar in a table under it. Every interpolated text
+/// the run, day and count of each bar in a table under it, both in a box of their own
+/// that scrolls sideways when narrower than the chart (12 runs are 600 px). With the
+/// viewport meta tag and hashes that may break anywhere, the page fits a phone's width
+/// (`tests/it/browser.rs` renders it in Chromium at 390 px). Every interpolated text
 /// (library, class and table names, notices, error texts, statuses, all values) is
 /// HTML-escaped.
 pub fn render_html(cfg: &ReportConfig, summary: &RunSummary, ctx: &ReportContext) -> String {
@@ -866,6 +885,11 @@ fn html_of(v: &View, chart: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "<!DOCTYPE html>");
     let _ = writeln!(out, "<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    // Without it a phone's browser lays the page out 980 px wide and shrinks it.
+    let _ = writeln!(
+        out,
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+    );
     let _ = writeln!(out, "<title>{}</title></head>", esc(&v.title));
     let _ = writeln!(
         out,
@@ -940,11 +964,8 @@ fn html_of(v: &View, chart: Option<&str>) -> String {
         out,
         "<h2 style=\"font-size:1.1em;margin-top:1.5em\">{AUDIT_HEADING}</h2>"
     );
-    let _ = writeln!(
-        out,
-        "<table style=\"border-collapse:collapse;font-family:monospace;font-size:small\">"
-    );
-    write_html_rows(&mut out, &v.audit);
+    let _ = writeln!(out, "<table style=\"border-collapse:collapse\">");
+    write_html_hash_rows(&mut out, &v.audit);
     let _ = writeln!(out, "</table>");
     let _ = writeln!(
         out,
@@ -968,6 +989,9 @@ fn write_html_history(out: &mut String, history: &[HistoryRow], chart: Option<&s
         "<h2 style=\"font-size:1.1em;margin-top:1.5em\">{HISTORY_HEADING}, last {n} {} (oldest first)</h2>",
         if n == 1 { "run" } else { "runs" }
     );
+    // 12 runs are 600 px, wider than a phone: the chart and its labels scroll
+    // sideways together in a box of their own rather than the whole page.
+    let _ = writeln!(out, "<div style=\"overflow-x:auto;max-width:100%\">");
     if let Some(cid) = chart {
         let _ = writeln!(
             out,
@@ -995,7 +1019,7 @@ fn write_html_history(out: &mut String, history: &[HistoryRow], chart: Option<&s
             grouped(row.affected),
         );
     }
-    let _ = writeln!(out, "</tr></table>");
+    let _ = writeln!(out, "</tr></table></div>");
     if chart.is_some() {
         let _ = writeln!(
             out,

@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod common;
+mod browser;
 mod cli;
 mod config;
 mod crash;
