@@ -694,8 +694,24 @@ fn print_summary(s: &RunSummary, json: bool, what: &str) {
             s.started_at.to_rfc3339()
         ),
     }
+    // Columns as wide as the longest class and table names (Koha's and Evergreen's run
+    // to 26 and 28 characters).
+    let nw = s
+        .classes
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(22);
+    let tw = s
+        .classes
+        .iter()
+        .map(|c| c.table.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     out!(
-        "{:<22} {:<16} {:<10} {:>9} {:>9} {:>8} {:>8} {:>11} {:>9}  status",
+        "{:<nw$} {:<tw$} {:<12} {:>9} {:>9} {:>8} {:>8} {:>11} {:>9}  status",
         "class",
         "table",
         "action",
@@ -708,7 +724,7 @@ fn print_summary(s: &RunSummary, json: bool, what: &str) {
     );
     for c in &s.classes {
         out!(
-            "{:<22} {:<16} {:<10} {:>9} {:>9} {:>8} {:>8} {:>11} {:>9}  {}",
+            "{:<nw$} {:<tw$} {:<12} {:>9} {:>9} {:>8} {:>8} {:>11} {:>9}  {}",
             c.name,
             c.table,
             c.action.as_str(),
@@ -1195,8 +1211,22 @@ async fn verify_cmd(path: &Path, json: bool) -> u8 {
         out!("{}", serde_json::to_string(&c).unwrap_or_default());
     } else {
         out!("compliance check at {}", c.checked_at.to_rfc3339());
+        let nw = c
+            .classes
+            .iter()
+            .map(|k| k.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(22);
+        let tw = c
+            .classes
+            .iter()
+            .map(|k| k.table.len())
+            .max()
+            .unwrap_or(0)
+            .max(16);
         out!(
-            "{:<22} {:<16} {:>9} {:>12}  kept (opt_in/legal/obligations/protected)",
+            "{:<nw$} {:<tw$} {:>9} {:>13}  kept (opt_in/legal/obligations/protected)",
             "class",
             "table",
             "overdue",
@@ -1204,7 +1234,7 @@ async fn verify_cmd(path: &Path, json: bool) -> u8 {
         );
         for k in &c.classes {
             out!(
-                "{:<22} {:<16} {:>9} {:>12}  {}/{}/{}/{}",
+                "{:<nw$} {:<tw$} {:>9} {:>13}  {}/{}/{}/{}",
                 k.name,
                 k.table,
                 k.overdue,
