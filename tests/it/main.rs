@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod common;
+mod canary;
 mod cli;
 mod config;
 mod crash;
