@@ -226,6 +226,22 @@ pub(super) fn generate(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
     consents(g, s, out);
 }
 
+/// The rows of a table whose first column is its id, in the order of their sort key
+/// (stable), numbered 1, 2, … as they go.
+fn numbered<K: Ord>(
+    table: &'static str,
+    columns: &'static [&'static str],
+    mut rows: Vec<(K, Vec<Value>)>,
+) -> Batch {
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut batch = Batch::new(table, columns, Conflict::Fail);
+    for (k, (_, mut row)) in rows.into_iter().enumerate() {
+        row[0] = int(k as i64 + 1);
+        batch.push(row);
+    }
+    batch
+}
+
 /// A wall time strictly before the end of yesterday's history (19:59:59).
 fn clamp(s: &Sources<'_>, t: NaiveDateTime) -> NaiveDateTime {
     t.min(s.clock.yesterday_evening)
@@ -827,12 +843,7 @@ fn suggestions(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
             ],
         ));
     }
-    rows.sort_by_key(|(d, _)| *d);
-    let mut batch = Batch::new("suggestions", SUGGESTION_COLS, Conflict::Fail);
-    for (k, (_, mut row)) in rows.into_iter().enumerate() {
-        row[0] = int(k as i64 + 1);
-        batch.push(row);
-    }
+    let batch = numbered("suggestions", SUGGESTION_COLS, rows);
     out.stats.suggestions = batch.rows.len() as u64;
     out.batches.push(batch);
 }
@@ -843,13 +854,7 @@ fn suggestions(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
 fn ill_requests(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
     let (patrons, today) = (&s.pop.patrons, s.clock.today);
     let yesterday = today - TimeDelta::days(1);
-    let mut rows: Vec<(
-        NaiveDate,
-        Option<i64>,
-        &'static str,
-        &'static str,
-        Option<NaiveDate>,
-    )> = Vec::new();
+    let mut rows: Vec<(NaiveDate, Vec<Value>)> = Vec::new();
     for _ in 0..(patrons.len() / 50).max(4) {
         let Some((i, start, end)) = s.pop.reader(g) else {
             break;
@@ -868,29 +873,29 @@ fn ill_requests(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
             _ => ("REQ", None),
         };
         let bn = (!g.chance(0.03)).then_some(patrons[i].bn);
-        rows.push((placed, bn, patrons[i].branch, status, completed));
-    }
-    rows.sort_by_key(|r| r.0);
-    let mut batch = Batch::new("illrequests", ILL_COLS, Conflict::Fail);
-    for (k, (placed, bn, branch, status, completed)) in rows.into_iter().enumerate() {
         let (note, staff_note) = (g.pick(ILL_NOTES), g.pick(ILL_STAFF_NOTES));
-        batch.push(vec![
-            int(k as i64 + 1),
-            opt_int(bn),
-            text(branch),
-            text(status),
-            date(placed),
-            opt_date(completed),
-            text(g.tag(note)),
-            text(g.tag(staff_note)),
-        ]);
+        rows.push((
+            placed,
+            vec![
+                Value::BigInt(None), // the id, set below
+                opt_int(bn),
+                text(patrons[i].branch),
+                text(status),
+                date(placed),
+                opt_date(completed),
+                text(g.tag(note)),
+                text(g.tag(staff_note)),
+            ],
+        ));
     }
+    let batch = numbered("illrequests", ILL_COLS, rows);
     out.stats.ill_requests = batch.rows.len() as u64;
     out.batches.push(batch);
 }
 
-/// `return_claims`: patrons who said they had returned an overdue item. Most were
-/// resolved within two months; one in five is still open (no `resolved_on`).
+/// `return_claims`: patrons who said they had returned an overdue item (a third of
+/// them in the last 300 days). Most were resolved within two months; one in five is
+/// still open (no `resolved_on`).
 fn return_claims(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
     let patrons = &s.pop.patrons;
     let mut claimed: HashSet<i64> = HashSet::new();
@@ -898,8 +903,16 @@ fn return_claims(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
     if s.loans.is_empty() {
         return;
     }
-    for _ in 0..(patrons.len() / 100).max(10) {
-        let l = &s.loans[g.index(s.loans.len())];
+    // Loans are in checkout order: one claim in three is on a loan of the last 300 days.
+    let recent = s
+        .loans
+        .partition_point(|l| l.issued.date() < s.clock.today - TimeDelta::days(300));
+    for k in 0..(patrons.len() / 100).max(10) {
+        let l = if k % 3 == 0 && recent < s.loans.len() {
+            &s.loans[recent + g.index(s.loans.len() - recent)]
+        } else {
+            &s.loans[g.index(s.loans.len())]
+        };
         let (Some(i), Some(_)) = (l.patron, l.returned) else {
             continue;
         };
@@ -929,12 +942,7 @@ fn return_claims(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
             ],
         ));
     }
-    rows.sort_by_key(|(t, _)| *t);
-    let mut batch = Batch::new("return_claims", CLAIM_COLS, Conflict::Fail);
-    for (k, (_, mut row)) in rows.into_iter().enumerate() {
-        row[0] = int(k as i64 + 1);
-        batch.push(row);
-    }
+    let batch = numbered("return_claims", CLAIM_COLS, rows);
     out.stats.return_claims = batch.rows.len() as u64;
     out.batches.push(batch);
 }
@@ -1024,16 +1032,7 @@ fn pseudonymized(g: &mut Gen, s: &Sources<'_>, out: &mut Library) {
             ));
         }
     }
-    rows.sort_by_key(|(t, _)| *t);
-    let mut batch = Batch::new(
-        "pseudonymized_transactions",
-        PSEUDONYMIZED_COLS,
-        Conflict::Fail,
-    );
-    for (k, (_, mut row)) in rows.into_iter().enumerate() {
-        row[0] = int(k as i64 + 1);
-        batch.push(row);
-    }
+    let batch = numbered("pseudonymized_transactions", PSEUDONYMIZED_COLS, rows);
     out.stats.pseudonymized_transactions = batch.rows.len() as u64;
     out.batches.push(batch);
 }
