@@ -1,6 +1,9 @@
 //! Demo library generator: a deterministic, Koha-shaped library with realistic
 //! (but invented) patrons, circulation and holds history, fines and pending
-//! patron modifications, for demonstrations and tests of Lethe's retention rules.
+//! patron modifications, and the patron's traces in every other table Koha keeps
+//! them in (statistics, notices, logs, searches, deleted patrons, suggestions, ILL,
+//! return claims, last borrowers, pseudonymized transactions, consents: `traces.rs`),
+//! for demonstrations and tests of Lethe's retention rules.
 //!
 //! * [`KOHA_SQLITE_SCHEMA`] is a SQLite rendering of the Koha tables the demo
 //!   uses (Koha's table and column names, types, NOT NULL and foreign-key
@@ -9,14 +12,19 @@
 //!   schema, our MariaDB fixture, or Koha's own `kohastructure.sql` on MariaDB.
 //!   It inserts only columns present in all three, plus the reference rows the
 //!   real schema's foreign keys need (branches, categories, biblio, biblioitems,
-//!   items, account credit and debit types).
-//! * Everything is derived from [`DemoOptions::seed`] and [`DemoOptions::today`]:
+//!   items, account credit and debit types, message transport types).
+//! * Everything is derived from [`DemoOptions::seed`], [`DemoOptions::today`] and
+//!   [`DemoOptions::timezone`]:
 //!   the same options give the same rows, byte for byte, on every backend.
 //!
 //! Dates are relative to `today`: DATETIME values are local wall time
-//! `YYYY-MM-DD HH:MM:SS`, DATE values `YYYY-MM-DD`, all strictly before `today`
-//! except expiry dates, due dates of current checkouts and hold expiration
-//! dates. E-mail addresses use the reserved `example.*` domains and phone
+//! `YYYY-MM-DD HH:MM:SS`, DATE values `YYYY-MM-DD`; the TIMESTAMP columns of
+//! `accountlines`, `borrower_modifications` and the tables of `traces.rs` (classes
+//! read them as ages) hold the UTC instant of a wall time in
+//! [`DemoOptions::timezone`], as MariaDB stores them; the other TIMESTAMP columns
+//! (row-modification times Lethe never reads) hold the wall time. All are strictly
+//! before `today` except expiry dates, due dates of current checkouts and hold
+//! expiration dates. E-mail addresses use the reserved `example.*` domains and phone
 //! numbers the fictional 555-01xx range.
 
 pub mod evergreen;

@@ -28,13 +28,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::cli::{json, lethe};
 use crate::common::*;
-
-const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 
 /// The expired patron with nothing to keep them: every trace must go.
 const GONE: Patron = Patron {
@@ -584,16 +583,6 @@ async fn scan_links(db: &TestDb, links: &BTreeSet<(String, String)>, bn: i64) ->
     hits
 }
 
-fn lethe(dir: &Path, args: &[&str]) -> Output {
-    Command::new(LETHE)
-        .current_dir(dir)
-        .args(args)
-        .env("RUST_LOG", "debug")
-        .env_remove("LETHE_CONFIG")
-        .output()
-        .unwrap()
-}
-
 /// The shipped retention.yaml (every class named), pointed at `url`, its outbox in `dir`.
 fn shipped_config(dir: &Path, url: &str) -> std::path::PathBuf {
     let shipped =
@@ -618,12 +607,6 @@ fn all_output(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    let text = String::from_utf8_lossy(&o.stdout);
-    serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
