@@ -750,13 +750,26 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
         Ok(t) => t,
         Err(_) => DEFAULT_CONFIG.to_string(),
     };
+    let base = std::env::current_dir().unwrap_or_default();
+    let lookup = |name: &str| std::env::var(name).ok();
+    let mut cfg = match config::parse_str(&text, &config_path.display().to_string(), &base, &lookup)
+    {
+        Ok(c) => c,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return 2;
+        }
+    };
     if let Err(e) = std::fs::create_dir_all(dir) {
         eprintln!("lethe: cannot create {}: {e}", dir.display());
         return 1;
     }
     let db_path = dir.join("library.db");
     let today = Utc::now().date_naive();
-    match demo::create_library_if_absent(&db_path, &demo::DemoOptions::standard(today)).await {
+    // The demo library's wall times are those of the config's zone.
+    let mut opts = demo::DemoOptions::standard(today);
+    opts.timezone = cfg.schedule.timezone;
+    match demo::create_library_if_absent(&db_path, &opts).await {
         Ok(Some(stats)) => out!(
             "demo: created {} ({} patrons, {} returned checkouts, {} holds history, {} current checkouts)",
             db_path.display(),
@@ -771,7 +784,6 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
             return 1;
         }
     }
-    let base = std::env::current_dir().unwrap_or_default();
     let db_abs = if db_path.is_absolute() {
         db_path.clone()
     } else {
@@ -781,15 +793,6 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
         dir.join("outbox")
     } else {
         base.join(dir).join("outbox")
-    };
-    let lookup = |name: &str| std::env::var(name).ok();
-    let mut cfg = match config::parse_str(&text, &config_path.display().to_string(), &base, &lookup)
-    {
-        Ok(c) => c,
-        Err(errs) => {
-            eprintln!("{errs}");
-            return 2;
-        }
     };
     let url = format!("sqlite://{}", db_abs.display());
     cfg.database = config::DatabaseConfig {

@@ -326,6 +326,10 @@ CREATE INDEX statistics_timeidx ON statistics (datetime);
 CREATE INDEX statistics_type_idx ON statistics (type);
 CREATE INDEX statistics_borrowernumber_idx ON statistics (borrowernumber);
 
+CREATE TABLE message_transport_types (
+  message_transport_type VARCHAR(20) NOT NULL PRIMARY KEY
+);
+
 CREATE TABLE message_queue (
   message_id INTEGER PRIMARY KEY AUTOINCREMENT,
   borrowernumber INT DEFAULT NULL
@@ -333,7 +337,8 @@ CREATE TABLE message_queue (
   subject MEDIUMTEXT DEFAULT NULL,
   content MEDIUMTEXT DEFAULT NULL,
   letter_code VARCHAR(64) DEFAULT NULL,
-  message_transport_type VARCHAR(20) NOT NULL,
+  message_transport_type VARCHAR(20) NOT NULL
+    REFERENCES message_transport_types (message_transport_type) ON UPDATE CASCADE,
   status VARCHAR(8) NOT NULL DEFAULT 'pending'
     CHECK (status IN ('sent', 'pending', 'failed', 'deleted')),
   time_queued TIMESTAMP NULL DEFAULT NULL,
@@ -399,6 +404,7 @@ CREATE TABLE suggestions (
   manageddate DATE DEFAULT NULL,
   STATUS VARCHAR(10) NOT NULL DEFAULT '',
   note LONGTEXT DEFAULT NULL,
+  staff_note LONGTEXT DEFAULT NULL,
   author VARCHAR(80) DEFAULT NULL,
   title VARCHAR(255) DEFAULT NULL,
   patronreason MEDIUMTEXT DEFAULT NULL,

@@ -1,6 +1,9 @@
 //! Demo library generator: a deterministic, Koha-shaped library with realistic
 //! (but invented) patrons, circulation and holds history, fines and pending
-//! patron modifications, for demonstrations and tests of Lethe's retention rules.
+//! patron modifications, and the patron's traces in every other table Koha keeps
+//! them in (statistics, notices, logs, searches, deleted patrons, suggestions, ILL,
+//! return claims, last borrowers, pseudonymized transactions, consents: `traces.rs`),
+//! for demonstrations and tests of Lethe's retention rules.
 //!
 //! * [`KOHA_SQLITE_SCHEMA`] is a SQLite rendering of the Koha tables the demo
 //!   uses (Koha's table and column names, types, NOT NULL and foreign-key
@@ -9,17 +12,23 @@
 //!   schema, our MariaDB fixture, or Koha's own `kohastructure.sql` on MariaDB.
 //!   It inserts only columns present in all three, plus the reference rows the
 //!   real schema's foreign keys need (branches, categories, biblio, biblioitems,
-//!   items, account credit and debit types).
-//! * Everything is derived from [`DemoOptions::seed`] and [`DemoOptions::today`]:
+//!   items, account credit and debit types, message transport types).
+//! * Everything is derived from [`DemoOptions::seed`], [`DemoOptions::today`] and
+//!   [`DemoOptions::timezone`]:
 //!   the same options give the same rows, byte for byte, on every backend.
 //!
 //! Dates are relative to `today`: DATETIME values are local wall time
-//! `YYYY-MM-DD HH:MM:SS`, DATE values `YYYY-MM-DD`, all strictly before `today`
-//! except expiry dates, due dates of current checkouts and hold expiration
-//! dates. E-mail addresses use the reserved `example.*` domains and phone
+//! `YYYY-MM-DD HH:MM:SS`, DATE values `YYYY-MM-DD`; the TIMESTAMP columns of
+//! `accountlines`, `borrower_modifications` and the tables of `traces.rs` (classes
+//! read them as ages) hold the UTC instant of a wall time in
+//! [`DemoOptions::timezone`], as MariaDB stores them; the other TIMESTAMP columns
+//! (row-modification times Lethe never reads) hold the wall time. All are strictly
+//! before `today` except expiry dates, due dates of current checkouts and hold
+//! expiration dates. E-mail addresses use the reserved `example.*` domains and phone
 //! numbers the fictional 555-01xx range.
 
 pub mod evergreen;
+mod traces;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -40,7 +49,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 /// [`create_sqlite_schema`] runs: branches, categories, borrowers,
 /// borrower_relationships, biblio, biblioitems, items, issues, old_issues,
 /// reserves, old_reserves, account_credit_types, account_debit_types,
-/// accountlines, borrower_modifications and systempreferences.
+/// accountlines, borrower_modifications and systempreferences, and the other
+/// tables that name a patron: statistics, message_transport_types, message_queue,
+/// action_logs, search_history, deletedborrowers, suggestions, illrequests,
+/// return_claims, items_last_borrower, pseudonymized_transactions and
+/// patron_consent.
 pub const KOHA_SQLITE_SCHEMA: &str = include_str!("koha_sqlite.sql");
 
 /// What to generate.
@@ -62,11 +75,16 @@ pub struct DemoOptions {
     /// fine descriptions...) contains this string. 1 to 20 characters from
     /// `A-Z a-z 0-9 _ -`.
     pub canary: Option<String>,
+    /// The library's time zone (IANA): DATETIME and DATE values are its wall time;
+    /// TIMESTAMP columns that a class reads as an age hold the UTC instant of that
+    /// wall time, as MariaDB stores a TIMESTAMP written in a UTC session.
+    pub timezone: chrono_tz::Tz,
 }
 
 impl DemoOptions {
     /// The standard demo: seed 4509, 5,000 patrons, 100,000 returned
-    /// checkouts, no canary, relative to `today`.
+    /// checkouts, no canary, relative to `today`, in America/New_York (the shipped
+    /// `retention.yaml`'s zone).
     pub fn standard(today: chrono::NaiveDate) -> Self {
         DemoOptions {
             seed: 4509,
@@ -74,6 +92,7 @@ impl DemoOptions {
             patrons: 5000,
             returned_checkouts: 100_000,
             canary: None,
+            timezone: chrono_tz::America::New_York,
         }
     }
 }
@@ -100,6 +119,29 @@ pub struct DemoStats {
     /// borrowernumber of the anonymous patron, also stored in the
     /// `AnonymousPatron` system preference.
     pub anonymous_patron: i64,
+    /// `statistics` rows: an `issue`, `renew` and `return` per checkout, and
+    /// in-house `localuse` rows without a patron.
+    pub statistics: u64,
+    /// `message_queue` rows: overdue and hold-ready notices.
+    pub notices: u64,
+    /// `action_logs` rows, patron modules and staff-only ones.
+    pub action_logs: u64,
+    /// `search_history` rows.
+    pub searches: u64,
+    /// `deletedborrowers` rows: copies of patrons Koha deleted before Lethe.
+    pub deleted_patrons: u64,
+    /// `suggestions` rows.
+    pub suggestions: u64,
+    /// `illrequests` rows.
+    pub ill_requests: u64,
+    /// `return_claims` rows.
+    pub return_claims: u64,
+    /// `items_last_borrower` rows.
+    pub last_borrowers: u64,
+    /// `pseudonymized_transactions` rows.
+    pub pseudonymized_transactions: u64,
+    /// `patron_consent` rows.
+    pub consents: u64,
 }
 
 /// Errors of the demo generator.
@@ -888,6 +930,8 @@ struct Loan {
 }
 
 struct Hold {
+    /// The patron who placed it (None: deleted long ago).
+    patron: Option<usize>,
     biblio: usize,
     item: Option<usize>,
     reserved: NaiveDate,
@@ -935,6 +979,8 @@ struct Biblio {
 /// Fixed instants the generator works from.
 struct Clock {
     today: NaiveDate,
+    /// The library's zone, for TIMESTAMP columns (UTC instants of local times).
+    tz: chrono_tz::Tz,
     /// Latest moment of recorded history: yesterday 19:59:59.
     yesterday_evening: NaiveDateTime,
     /// First day of circulation history (six years back).
@@ -947,15 +993,36 @@ struct Clock {
 }
 
 impl Clock {
-    fn new(today: NaiveDate) -> Self {
+    fn new(today: NaiveDate, tz: chrono_tz::Tz) -> Self {
         let evening = NaiveTime::from_hms_opt(19, 59, 59).unwrap_or(NaiveTime::MIN);
         Clock {
             today,
+            tz,
             yesterday_evening: (today - TimeDelta::days(1)).and_time(evening),
             history_start: today - TimeDelta::days(6 * 365),
             history_end: today - TimeDelta::days(2),
             anonymized_before: today - TimeDelta::days(5 * 365),
         }
+    }
+
+    /// A TIMESTAMP value: the UTC instant of the library's wall time `local`
+    /// (`YYYY-MM-DD HH:MM:SS`). A time in a daylight-saving gap is taken an hour
+    /// later; in a fold, the earlier instant.
+    fn instant(&self, local: NaiveDateTime) -> Value {
+        datetime(self.utc(local))
+    }
+
+    fn utc(&self, local: NaiveDateTime) -> NaiveDateTime {
+        use chrono::TimeZone;
+        self.tz
+            .from_local_datetime(&local)
+            .earliest()
+            .or_else(|| {
+                self.tz
+                    .from_local_datetime(&(local + TimeDelta::hours(1)))
+                    .earliest()
+            })
+            .map_or(local, |t| t.naive_utc())
     }
 }
 
@@ -967,6 +1034,8 @@ struct Catalogue {
 /// The patrons, and who among them borrows.
 struct Population {
     patrons: Vec<Patron>,
+    /// Each patron's e-mail address as stored in `borrowers.email` (same index).
+    emails: Vec<Option<String>>,
     anon_bn: i64,
     staff_bns: Vec<i64>,
     /// Indexes of patrons (not the anonymous one) whose card is valid today.
@@ -1087,6 +1156,9 @@ fn cents(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+/// Mixed into the seed of the generator of [`traces`] ("lethe4" in ASCII).
+const TRACES_SEED: u64 = 0x6c65_7468_6534;
+
 fn generate(opts: &DemoOptions) -> Result<Library, DemoError> {
     validate(opts)?;
     let mut g = Gen {
@@ -1094,7 +1166,7 @@ fn generate(opts: &DemoOptions) -> Result<Library, DemoError> {
         today: opts.today,
         canary: opts.canary.clone(),
     };
-    let clock = Clock::new(opts.today);
+    let clock = Clock::new(opts.today, opts.timezone);
     let mut out = Library {
         batches: Vec::new(),
         stats: DemoStats::default(),
@@ -1114,9 +1186,29 @@ fn generate(opts: &DemoOptions) -> Result<Library, DemoError> {
     let current = current_checkouts(&mut g, &cat, &pop, first_current, &mut out);
     fees(&mut g, &clock, &cat, &pop, &loans, &current, &mut out);
     let old_holds = opts.returned_checkouts / 5;
-    holds_history(&mut g, &clock, &cat, &pop, old_holds, &mut out);
-    current_holds(&mut g, &cat, &pop, &current, old_holds as i64 + 1, &mut out);
-    modifications(&mut g, &pop, &mut out);
+    let holds = holds_history(&mut g, &clock, &cat, &pop, old_holds, &mut out);
+    let pending = current_holds(&mut g, &cat, &pop, &current, old_holds as i64 + 1, &mut out);
+    modifications(&mut g, &clock, &pop, &mut out);
+    // The other tables that name a patron draw from a generator of their own, so the
+    // rows above stay exactly as they were before those tables were seeded.
+    let mut traces = Gen {
+        rng: StdRng::seed_from_u64(opts.seed ^ TRACES_SEED),
+        today: opts.today,
+        canary: opts.canary.clone(),
+    };
+    traces::generate(
+        &mut traces,
+        &traces::Sources {
+            clock: &clock,
+            cat: &cat,
+            pop: &pop,
+            loans: &loans,
+            current: &current,
+            holds: &holds,
+            pending: &pending,
+        },
+        &mut out,
+    );
     Ok(out)
 }
 
@@ -1496,8 +1588,11 @@ fn population(
     }
 
     let mut pat_batch = Batch::new("borrowers", BORROWER_COLS, Conflict::Fail);
+    let mut emails = Vec::with_capacity(patrons.len());
     for p in &patrons {
-        pat_batch.push(borrower_row(g, p));
+        let (row, email) = borrower_row(g, p);
+        pat_batch.push(row);
+        emails.push(email);
     }
     out.stats.patrons = patrons.len() as u64;
     out.stats.staff = staff_bns.len() as u64;
@@ -1565,6 +1660,7 @@ fn population(
     }
     Ok(Population {
         patrons,
+        emails,
         anon_bn,
         staff_bns,
         active,
@@ -2005,14 +2101,14 @@ fn fees(
             opt_int(f.old_issue_id),
             int(f.bn),
             opt_int(f.item.map(|i| i as i64 + 1)),
-            datetime(f.date),
+            clock.instant(f.date),
             money(f.amount),
             opt_text(f.description.clone()),
             opt_text(f.credit.map(str::to_string)),
             opt_text(f.debit.map(str::to_string)),
             opt_text(f.status.map(str::to_string)),
             money(f.outstanding),
-            datetime(f.timestamp),
+            clock.instant(f.timestamp),
             opt_text(f.note.map(|s| g.tag(s))),
             opt_int(f.manager),
             text(f.interface),
@@ -2023,7 +2119,7 @@ fn fees(
     out.batches.push(fee_batch);
 }
 
-/// Filled, cancelled and expired holds (old_reserves).
+/// Filled, cancelled and expired holds (old_reserves), returned in reserve_id order.
 fn holds_history(
     g: &mut Gen,
     clock: &Clock,
@@ -2031,7 +2127,7 @@ fn holds_history(
     pop: &Population,
     count: usize,
     out: &mut Library,
-) {
+) -> Vec<Hold> {
     let (patrons, anon_bn, biblios) = (&pop.patrons, pop.anon_bn, &cat.biblios);
     let mut holds: Vec<Hold> = Vec::with_capacity(count);
     let last_day = g.days_ago(1);
@@ -2075,6 +2171,7 @@ fn holds_history(
             }
         });
         holds.push(Hold {
+            patron,
             biblio,
             item,
             reserved,
@@ -2104,9 +2201,10 @@ fn holds_history(
     }
     out.stats.old_holds = holds.len() as u64;
     out.batches.push(old_hold_batch);
+    holds
 }
 
-/// Pending, waiting and in-transit holds (reserves).
+/// Pending, waiting and in-transit holds (reserves), returned in reserve_id order.
 fn current_holds(
     g: &mut Gen,
     cat: &Catalogue,
@@ -2114,7 +2212,7 @@ fn current_holds(
     current: &[Loan],
     first_id: i64,
     out: &mut Library,
-) {
+) -> Vec<Hold> {
     let (patrons, active, biblios, n) =
         (&pop.patrons, &pop.active, &cat.biblios, pop.patrons.len());
     let n_current_holds = (n * 3 / 200).max(1);
@@ -2152,6 +2250,7 @@ fn current_holds(
         };
         let timestamp = g.at(waiting.unwrap_or(reserved), 9, 19);
         pending.push(Hold {
+            patron: Some(i),
             biblio,
             item,
             reserved,
@@ -2185,10 +2284,11 @@ fn current_holds(
     }
     out.stats.current_holds = pending.len() as u64;
     out.batches.push(hold_batch);
+    pending
 }
 
 /// Patron modification requests and pending self-registrations.
-fn modifications(g: &mut Gen, pop: &Population, out: &mut Library) {
+fn modifications(g: &mut Gen, clock: &Clock, pop: &Population, out: &mut Library) {
     let (patrons, active, n) = (&pop.patrons, &pop.active, pop.patrons.len());
     let mut mod_batch = Batch::new("borrower_modifications", MODIFICATION_COLS, Conflict::Fail);
     let mut requested: HashSet<usize> = HashSet::new();
@@ -2226,7 +2326,7 @@ fn modifications(g: &mut Gen, pop: &Population, out: &mut Library) {
             }
         };
         mod_batch.push(vec![
-            datetime(at),
+            clock.instant(at),
             text(""),
             text(fields),
             int(p.bn),
@@ -2263,7 +2363,7 @@ fn modifications(g: &mut Gen, pop: &Population, out: &mut Library) {
             None
         };
         mod_batch.push(vec![
-            datetime(at),
+            clock.instant(at),
             text(token),
             opt_text(None),
             int(0),
@@ -2303,7 +2403,8 @@ fn cardnumber_for(g: &Gen, n: i64) -> String {
     }
 }
 
-fn borrower_row(g: &mut Gen, p: &Patron) -> Vec<Value> {
+/// The `borrowers` row of `p` (BORROWER_COLS), and the e-mail address it holds.
+fn borrower_row(g: &mut Gen, p: &Patron) -> (Vec<Value>, Option<String>) {
     let anonymous = p.kind == Kind::Anonymous;
     let (surname, first) = if anonymous {
         ("ANONYMOUS", None)
@@ -2352,7 +2453,7 @@ fn borrower_row(g: &mut Gen, p: &Patron) -> Vec<Value> {
     } else {
         p.note
     };
-    vec![
+    let row = vec![
         int(p.bn),
         text(if anonymous {
             g.tag("ANONYMOUS")
@@ -2366,7 +2467,7 @@ fn borrower_row(g: &mut Gen, p: &Patron) -> Vec<Value> {
         opt_text((!anonymous).then(|| g.tag(&format!("{} {}", p.home.number, p.home.street)))),
         opt_text((!anonymous).then(|| g.tag(city))),
         opt_text((!anonymous).then(|| g.tag(&format!("{zip_prefix}{}", p.home.number % 10)))),
-        opt_text(email),
+        opt_text(email.clone()),
         opt_text((!anonymous).then(|| g.tag(&p.home.phone))),
         opt_date(p.dob),
         text(p.branch),
@@ -2382,7 +2483,8 @@ fn borrower_row(g: &mut Gen, p: &Patron) -> Vec<Value> {
         datetime(updated),
         opt_datetime(p.lastseen),
         int(i64::from(p.protected)),
-    ]
+    ];
+    (row, email)
 }
 
 fn reserve_row(g: &Gen, id: i64, bn: Option<i64>, h: &Hold) -> Vec<Value> {
@@ -2416,6 +2518,7 @@ mod tests {
             patrons: 400,
             returned_checkouts: 4000,
             canary: canary.map(str::to_string),
+            timezone: chrono_tz::America::New_York,
         }
     }
 
@@ -2492,6 +2595,17 @@ mod tests {
             "accountlines",
             "borrower_relationships",
             "borrower_modifications",
+            "statistics",
+            "message_queue",
+            "action_logs",
+            "search_history",
+            "deletedborrowers",
+            "suggestions",
+            "illrequests",
+            "return_claims",
+            "items_last_borrower",
+            "pseudonymized_transactions",
+            "patron_consent",
         ] {
             assert_eq!(count(&pa, table).await, count(&pb, table).await, "{table}");
         }
@@ -2593,6 +2707,189 @@ mod tests {
             stats.guarantor_pairs
         );
         assert!(stats.guarantor_pairs > 0);
+        other_tables_follow_the_circulation(&pool, &stats).await;
+    }
+
+    async fn n(pool: &sqlx::SqlitePool, sql: &str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The tables seeded by `traces` agree with the circulation, patrons and periods
+    /// (the demo is generated on 2026-11-15 in New York).
+    async fn other_tables_follow_the_circulation(pool: &sqlx::SqlitePool, stats: &DemoStats) {
+        // A statistics row per checkout and per return.
+        let loans = n(pool, "SELECT COUNT(*) FROM old_issues").await
+            + n(pool, "SELECT COUNT(*) FROM issues").await;
+        assert_eq!(
+            n(
+                pool,
+                "SELECT COUNT(*) FROM statistics WHERE type = 'issue' AND datetime IS NOT NULL"
+            )
+            .await,
+            loans
+        );
+        assert_eq!(
+            n(
+                pool,
+                "SELECT COUNT(*) FROM statistics WHERE type = 'return'"
+            )
+            .await,
+            n(
+                pool,
+                "SELECT COUNT(*) FROM old_issues WHERE returndate IS NOT NULL"
+            )
+            .await
+        );
+        assert_eq!(
+            n(pool, "SELECT COUNT(*) FROM statistics").await as u64,
+            stats.statistics
+        );
+        // Past the default period, within it, and without an age, in each table that
+        // allows it (cutoffs of the shipped retention.yaml, roughly).
+        for (table, age, cutoff, nullable) in [
+            ("statistics", "datetime", "2026-10-16", true),
+            ("message_queue", "time_queued", "2026-08-17", true),
+            ("action_logs", "timestamp", "2026-05-19", false),
+            ("search_history", "time", "2026-10-16", false),
+            ("deletedborrowers", "updated_on", "2026-10-16", false),
+            ("suggestions", "manageddate", "2025-11-15", true),
+            ("illrequests", "completed", "2025-11-15", true),
+            ("return_claims", "resolved_on", "2025-11-15", true),
+            ("items_last_borrower", "created_on", "2026-10-16", false),
+            ("pseudonymized_transactions", "datetime", "2024-11-15", true),
+        ] {
+            let past = n(
+                pool,
+                &format!("SELECT COUNT(*) FROM {table} WHERE {age} < '{cutoff}'"),
+            )
+            .await;
+            let within = n(
+                pool,
+                &format!("SELECT COUNT(*) FROM {table} WHERE {age} > '{cutoff} 23:59:59'"),
+            )
+            .await;
+            let none = n(
+                pool,
+                &format!("SELECT COUNT(*) FROM {table} WHERE {age} IS NULL"),
+            )
+            .await;
+            assert!(
+                past > 0 && within > 0,
+                "{table}: {past} past, {within} within"
+            );
+            assert_eq!(none > 0, nullable, "{table}: {none} without {age}");
+        }
+        let selfreg_old = n(pool, "SELECT COUNT(*) FROM borrower_modifications WHERE borrowernumber = 0 AND timestamp < '2026-11-01'").await;
+        assert!(selfreg_old > 0);
+        // Notices in every status, each naming the patron it went to.
+        for status in ["sent", "pending", "failed"] {
+            assert!(
+                n(
+                    pool,
+                    &format!("SELECT COUNT(*) FROM message_queue WHERE status = '{status}'")
+                )
+                .await
+                    > 0,
+                "{status}"
+            );
+        }
+        assert_eq!(
+            n(
+                pool,
+                "SELECT COUNT(*) FROM message_queue m JOIN borrowers b USING (borrowernumber) \
+                     WHERE instr(m.content, b.surname) = 0"
+            )
+            .await,
+            0
+        );
+        // Patron modules name patrons; the staff-only ones, which must stay, do not.
+        for module in [
+            "CIRCULATION",
+            "MEMBERS",
+            "FINES",
+            "CATALOGUING",
+            "SYSTEMPREFERENCE",
+        ] {
+            assert!(
+                n(
+                    pool,
+                    &format!("SELECT COUNT(*) FROM action_logs WHERE module = '{module}'")
+                )
+                .await
+                    > 0,
+                "{module}"
+            );
+        }
+        assert_eq!(
+            n(
+                pool,
+                "SELECT COUNT(*) FROM action_logs WHERE module IN ('CIRCULATION', 'FINES') \
+                     AND object NOT IN (SELECT borrowernumber FROM borrowers)"
+            )
+            .await,
+            0
+        );
+        // The deleted patrons are no longer patrons; their MEMBERS DELETE entries name them.
+        assert_eq!(
+            n(pool, "SELECT COUNT(*) FROM deletedborrowers WHERE borrowernumber IN (SELECT borrowernumber FROM borrowers)").await,
+            0
+        );
+        assert_eq!(
+            n(
+                pool,
+                "SELECT COUNT(*) FROM action_logs WHERE module = 'MEMBERS' AND action = 'DELETE'"
+            )
+            .await,
+            n(pool, "SELECT COUNT(*) FROM deletedborrowers").await
+        );
+        for (what, sql) in [
+            (
+                "ASKED suggestions",
+                "suggestions WHERE STATUS = 'ASKED' AND manageddate IS NULL",
+            ),
+            (
+                "decided suggestions",
+                "suggestions WHERE STATUS <> 'ASKED' AND manageddate IS NOT NULL",
+            ),
+            (
+                "completed ILL",
+                "illrequests WHERE status = 'COMP' AND completed IS NOT NULL",
+            ),
+            (
+                "open ILL",
+                "illrequests WHERE status <> 'COMP' AND completed IS NULL",
+            ),
+            (
+                "resolved claims",
+                "return_claims WHERE resolution IS NOT NULL AND resolved_on IS NOT NULL",
+            ),
+            (
+                "open claims",
+                "return_claims WHERE resolution IS NULL AND resolved_on IS NULL",
+            ),
+            (
+                "consents given",
+                "patron_consent WHERE given_on IS NOT NULL AND refused_on IS NULL",
+            ),
+            (
+                "consents refused",
+                "patron_consent WHERE given_on IS NULL AND refused_on IS NOT NULL",
+            ),
+        ] {
+            assert!(
+                n(pool, &format!("SELECT COUNT(*) FROM {sql}")).await > 0,
+                "{what}"
+            );
+        }
+        // One pseudonym per patron.
+        assert_eq!(
+            n(pool, "SELECT COUNT(DISTINCT hashed_borrowernumber) FROM pseudonymized_transactions").await,
+            n(pool, "SELECT COUNT(DISTINCT p.hashed_borrowernumber || '|' || s.borrowernumber) FROM pseudonymized_transactions p \
+                     JOIN statistics s ON s.datetime = p.datetime AND s.itemnumber = p.itemnumber AND s.type = p.transaction_type").await
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -2628,6 +2925,21 @@ mod tests {
             ("old_reserves", "reservenotes"),
             ("accountlines", "description"),
             ("accountlines", "note"),
+            ("message_queue", "content"),
+            ("message_queue", "to_address"),
+            ("action_logs", "diff"),
+            ("search_history", "query_desc"),
+            ("search_history", "query_cgi"),
+            ("deletedborrowers", "surname"),
+            ("deletedborrowers", "firstname"),
+            ("deletedborrowers", "cardnumber"),
+            ("deletedborrowers", "address"),
+            ("deletedborrowers", "phone"),
+            ("suggestions", "note"),
+            ("suggestions", "patronreason"),
+            ("illrequests", "notesopac"),
+            ("illrequests", "notesstaff"),
+            ("return_claims", "notes"),
         ];
         for (table, column) in columns {
             let (with, without): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -9,7 +9,8 @@ use lethe::demo::{self, DemoOptions};
 
 const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 
-fn lethe(dir: &Path, args: &[&str]) -> Output {
+/// Runs the binary in `dir` with debug logs (also used by other modules).
+pub(crate) fn lethe(dir: &Path, args: &[&str]) -> Output {
     Command::new(LETHE)
         .current_dir(dir)
         .args(args)
@@ -33,7 +34,8 @@ fn write_config(dir: &Path, db: &Path, extra: &str) -> PathBuf {
     path
 }
 
-fn json(o: &Output) -> serde_json::Value {
+/// Stdout as the one JSON object it must be.
+pub(crate) fn json(o: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&o.stdout);
     serde_json::from_str(text.trim())
         .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{text}"))

@@ -4,6 +4,7 @@
 #[macro_use]
 mod common;
 mod browser;
+mod canary;
 mod cli;
 mod config;
 mod crash;
