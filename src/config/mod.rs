@@ -206,6 +206,22 @@ pub struct Safety {
     pub overdue_after: Option<Period>,
     /// Rounds one class may take to reach its fixed point (default 10).
     pub max_rounds: u32,
+    /// The longest Lethe waits for the answer to one statement, `BEGIN` or `COMMIT`
+    /// (1 second to 1 hour; default 5 minutes, [`crate::db::DEFAULT_STATEMENT_TIMEOUT`]).
+    /// Past it the connection is dropped and the step fails with a transient error
+    /// (retried like a lost connection). The servers get the same bound (PostgreSQL
+    /// `statement_timeout`, MariaDB `max_statement_time`).
+    pub statement_timeout: Duration,
+    /// How many times one step of a run (a batch, counting a class, a ledger write) is
+    /// tried again after a transient error (0 to 20; default 5), with pauses of 0.5 s,
+    /// 1 s, 2 s, 4 s, 8 s, … (at most 32 s).
+    pub retries: u32,
+    /// How long after the database began failing (the first transient error since the
+    /// last statement that succeeded, over all steps of the run) a retry may still
+    /// start (1 second to 1 hour; default 1 minute). A run gives up at most this long
+    /// plus one try's wait (the pool's 10 s acquire timeout, or `statement_timeout`)
+    /// after the outage began.
+    pub retry_for: Duration,
 }
 
 /// How the age column is compared with the cutoff.
@@ -1151,6 +1167,41 @@ impl Validator<'_> {
                 10
             }
         };
+        let mut bounded_duration = |key: &str, value: Option<&str>, default: Duration| match value {
+            None => default,
+            Some(t) => match parse_duration(t) {
+                Ok(d) if d <= Duration::from_secs(3600) => d,
+                Ok(_) => {
+                    self.err(key, "must be between 1 second and 1 hour");
+                    ok = false;
+                    default
+                }
+                Err(e) => {
+                    self.err(key, e);
+                    ok = false;
+                    default
+                }
+            },
+        };
+        let statement_timeout = bounded_duration(
+            "safety.statement_timeout",
+            s.statement_timeout.as_deref(),
+            crate::db::DEFAULT_STATEMENT_TIMEOUT,
+        );
+        let retry_for = bounded_duration(
+            "safety.retry_for",
+            s.retry_for.as_deref(),
+            Duration::from_secs(60),
+        );
+        let retries = match s.retries {
+            None => 5,
+            Some(n) if (0..=20).contains(&n) => n as u32,
+            Some(_) => {
+                self.err("safety.retries", "must be between 0 and 20");
+                ok = false;
+                5
+            }
+        };
         ok.then_some(Safety {
             mode,
             batch_size,
@@ -1159,6 +1210,9 @@ impl Validator<'_> {
             min_retention,
             overdue_after: None,
             max_rounds,
+            statement_timeout,
+            retries,
+            retry_for,
         })
     }
 

@@ -67,6 +67,12 @@ pub struct RawSafety {
     pub min_retention: Option<String>,
     /// Most rounds one class may take to reach its fixed point.
     pub max_rounds: Option<i64>,
+    /// The longest one statement may go unanswered, e.g. "5 minutes".
+    pub statement_timeout: Option<String>,
+    /// How many times a step that failed with a transient error is tried again.
+    pub retries: Option<i64>,
+    /// How long after the database began failing a retry may still start, e.g. "1 minute".
+    pub retry_for: Option<String>,
 }
 
 /// `report:`.

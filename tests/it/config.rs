@@ -169,3 +169,44 @@ fn a_class_override_adds_to_the_profiles_lists_and_never_replaces_them() {
     assert!(cfg.classes[0].anonymize.is_empty());
     assert!(!cfg.classes[0].exempt.is_empty());
 }
+
+/// `safety.statement_timeout`, `safety.retries` and `safety.retry_for`: defaults, a
+/// value given, and the bounds (the rejected values are files in `tests/bad-config/`).
+#[test]
+fn the_statement_timeout_and_the_retry_budget_are_read_with_their_defaults() {
+    use std::time::Duration;
+    let base = "database:\n  url: \"sqlite://library.db\"\nschedule:\n  cron: \"30 2 * * *\"\n  \
+                timezone: Europe/Paris\nprofile: koha\n";
+    let parse = |extra: &str| {
+        config::parse_str(
+            &format!("{base}{extra}"),
+            "x.yaml",
+            Path::new("/tmp"),
+            &|_| None,
+        )
+    };
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.safety.statement_timeout, Duration::from_secs(300));
+    assert_eq!(cfg.safety.retries, 5);
+    assert_eq!(cfg.safety.retry_for, Duration::from_secs(60));
+    let cfg = parse("safety:\n  statement_timeout: 30 seconds\n  retries: 0\n  retry_for: 1 hour\n").unwrap();
+    assert_eq!(cfg.safety.statement_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.safety.retries, 0);
+    assert_eq!(cfg.safety.retry_for, Duration::from_secs(3600));
+    // Each bad value is reported, all at once, each at its place.
+    let err = parse("safety:\n  statement_timeout: 61 minutes\n  retries: 21\n  retry_for: soon\n").unwrap_err();
+    let places: Vec<(String, Option<usize>)> = err
+        .0
+        .iter()
+        .map(|e| (e.path.clone(), e.location.map(|l| l.line)))
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("safety.statement_timeout".to_string(), Some(8)),
+            ("safety.retries".to_string(), Some(9)),
+            ("safety.retry_for".to_string(), Some(10)),
+        ],
+        "{err}"
+    );
+}
