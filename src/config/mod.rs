@@ -628,16 +628,36 @@ pub fn parse_str(
     }
     let raw: RawConfig = match serde_yaml::from_str(text) {
         Ok(r) => r,
-        Err(e) => {
-            let location = e.location().map(|l| Location {
-                line: l.line(),
-                column: l.column(),
-            });
-            v.errors.push(ConfigError {
-                file: file.to_string(),
-                location,
-                path: String::new(),
-                message: scrub_serde_message(&e.to_string()),
+        Err(first) => {
+            // The first structural error, then the first of every other section.
+            let mut seen = Vec::new();
+            for e in std::iter::once(first).chain(raw::section_errors(text)) {
+                let message = scrub_serde_message(&e.to_string());
+                // serde_yaml starts a message with the path of the value
+                // ("safety.batch_size: invalid type …").
+                let path = serde_path(&message).unwrap_or_default();
+                let location = e
+                    .location()
+                    .map(|l| Location {
+                        line: l.line(),
+                        column: l.column(),
+                    })
+                    .or_else(|| v.index.find(&path));
+                if seen.contains(&(location, message.clone())) {
+                    continue;
+                }
+                seen.push((location, message.clone()));
+                v.errors.push(ConfigError {
+                    file: file.to_string(),
+                    location,
+                    path,
+                    message,
+                });
+            }
+            v.errors.sort_by_key(|e| {
+                e.location
+                    .map(|l| (l.line, l.column))
+                    .unwrap_or((usize::MAX, 0))
             });
             return Err(ConfigErrors(v.errors));
         }
@@ -682,6 +702,16 @@ fn flow_depth_over(text: &str, max: usize) -> Option<usize> {
         }
     }
     (deepest > max).then_some(deepest)
+}
+
+/// The path a serde_yaml message starts with (`classes.x.retain: …`), if any.
+fn serde_path(message: &str) -> Option<String> {
+    let (head, _) = message.split_once(": ")?;
+    let plain = !head.is_empty()
+        && head
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+    plain.then(|| head.to_string())
 }
 
 /// serde_yaml puts " at line L column C" into its messages; the location is printed

@@ -880,17 +880,18 @@ impl Db {
             }
             let mut tx = self.hold().await?;
             let n: i64 = bounded!(tx, |t| match t {
-                Target::Postgres(p) => sqlx::query_scalar(
-                "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+                Target::Postgres(p) =>
+                    sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
                  JOIN pg_namespace n ON n.oid = p.pronamespace \
                  WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
                  AND n.nspname = COALESCE($2, current_schema()) AND p.proname = $3",
-            )
-            .bind(c.table.to_string())
-            .bind(f.schema.as_ref().map(|s| s.as_str().to_string()))
-            .bind(f.name.as_str())
-            .fetch_one(p)
-            .await?,
+                    )
+                    .bind(c.table.to_string())
+                    .bind(f.schema.as_ref().map(|s| s.as_str().to_string()))
+                    .bind(f.name.as_str())
+                    .fetch_one(p)
+                    .await?,
                 _ => 1,
             })?;
             drop(tx);
@@ -922,7 +923,8 @@ impl Db {
             return Ok(Some(Vec::new()));
         }
         let mut tx = self.hold().await?;
-        let rows: Vec<Vec<String>> = bounded!(tx, |t| match t {
+        let rows: Vec<Vec<String>> = bounded!(tx, |t| {
+            match t {
             Target::Postgres(p) => sqlx::query_scalar(
             "SELECT ARRAY(SELECT t.typname::text FROM unnest(p.proargtypes) WITH ORDINALITY AS a(oid, n) \
                           JOIN pg_type t ON t.oid = a.oid ORDER BY a.n) \
@@ -935,6 +937,7 @@ impl Db {
         .fetch_all(p)
         .await?,
             _ => Vec::new(),
+        }
         })?;
         Ok(match rows.as_slice() {
             [one] if one.iter().all(|t| Ident::new(t).is_ok()) => Some(one.clone()),
@@ -1120,7 +1123,10 @@ async fn set_mysql_statement_limit(conn: &mut sqlx::MySqlConnection, limit: Dura
         return;
     }
     let mysql = format!("SET SESSION max_execution_time = {}", limit.as_millis());
-    if let Err(e) = sqlx::raw_sql(AssertSqlSafe(mysql)).execute(&mut *conn).await {
+    if let Err(e) = sqlx::raw_sql(AssertSqlSafe(mysql))
+        .execute(&mut *conn)
+        .await
+    {
         tracing::debug!(error = %e, "the server takes no statement time limit; Lethe's own applies");
     }
 }

@@ -1039,7 +1039,13 @@ async fn pass(
             return Ok(true);
         }
         let to = from.saturating_add(step);
-        let changed = retrying!(run_id, class, cancel, retry, batch(db, run_id, class, b, from, to));
+        let changed = retrying!(
+            run_id,
+            class,
+            cancel,
+            retry,
+            batch(db, run_id, class, b, from, to)
+        );
         match changed {
             Some(changed) => {
                 tracing::debug!(run_id, class = %class.name, changed, "batch committed");
@@ -1238,7 +1244,9 @@ mod tests {
 
     #[test]
     fn the_backoff_doubles_from_half_a_second_up_to_32_seconds() {
-        let pauses: Vec<u64> = (1..=9).map(|a| retry_backoff(a).as_millis() as u64).collect();
+        let pauses: Vec<u64> = (1..=9)
+            .map(|a| retry_backoff(a).as_millis() as u64)
+            .collect();
         assert_eq!(
             pauses,
             [500, 1000, 2000, 4000, 8000, 16000, 32000, 32000, 32000]
@@ -1259,7 +1267,10 @@ mod tests {
                 None
             ]
         );
-        assert_eq!(budget(0, std::time::Duration::from_secs(60)).next_pause(1), None);
+        assert_eq!(
+            budget(0, std::time::Duration::from_secs(60)).next_pause(1),
+            None
+        );
     }
 
     #[test]

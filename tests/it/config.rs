@@ -189,12 +189,15 @@ fn the_statement_timeout_and_the_retry_budget_are_read_with_their_defaults() {
     assert_eq!(cfg.safety.statement_timeout, Duration::from_secs(300));
     assert_eq!(cfg.safety.retries, 5);
     assert_eq!(cfg.safety.retry_for, Duration::from_secs(60));
-    let cfg = parse("safety:\n  statement_timeout: 30 seconds\n  retries: 0\n  retry_for: 1 hour\n").unwrap();
+    let cfg =
+        parse("safety:\n  statement_timeout: 30 seconds\n  retries: 0\n  retry_for: 1 hour\n")
+            .unwrap();
     assert_eq!(cfg.safety.statement_timeout, Duration::from_secs(30));
     assert_eq!(cfg.safety.retries, 0);
     assert_eq!(cfg.safety.retry_for, Duration::from_secs(3600));
     // Each bad value is reported, all at once, each at its place.
-    let err = parse("safety:\n  statement_timeout: 61 minutes\n  retries: 21\n  retry_for: soon\n").unwrap_err();
+    let err = parse("safety:\n  statement_timeout: 61 minutes\n  retries: 21\n  retry_for: soon\n")
+        .unwrap_err();
     let places: Vec<(String, Option<usize>)> = err
         .0
         .iter()
@@ -209,4 +212,37 @@ fn the_statement_timeout_and_the_retry_budget_are_read_with_their_defaults() {
         ],
         "{err}"
     );
+}
+
+/// serde stops at the first structural error; the first one of every other section is
+/// reported too, each at its place.
+///
+/// Regression: a wrong type in `safety` hid an unknown key in `report` and a wrong
+/// type in a class; the administrator fixed one, ran again, and met the next.
+#[test]
+fn structural_errors_in_several_sections_are_all_reported() {
+    let yaml = "database:\n  url: \"sqlite://library.db\"\nschedule:\n  cron: \"30 2 * * *\"\n  \
+                timezone: Europe/Paris\nsafety:\n  batch_size: lots\nreport:\n  outbox: outbox\n  \
+                colour: blue\nprofile: koha\nclasses:\n  circulation_history:\n    retain: [30, days]\n\
+                frobnicate: 1\n";
+    let err = config::parse_str(yaml, "x.yaml", Path::new("/tmp"), &|_| None).unwrap_err();
+    let got: Vec<(String, Option<(usize, usize)>)> = err
+        .0
+        .iter()
+        .map(|e| (e.path.clone(), e.location.map(|l| (l.line, l.column))))
+        .collect();
+    let msg = err.to_string();
+    for (path, line) in [
+        ("safety.batch_size", 7),
+        ("report", 10),
+        ("classes.circulation_history.retain", 14),
+    ] {
+        assert!(
+            got.iter()
+                .any(|(p, l)| p == path && l.is_some_and(|(ln, _)| ln == line)),
+            "{path} at line {line} missing in {got:?}:\n{msg}"
+        );
+    }
+    assert!(msg.contains("frobnicate"), "{msg}");
+    assert!(err.0.iter().all(|e| e.location.is_some()), "{msg}");
 }

@@ -203,7 +203,8 @@ fn evergreen_config(dir: &std::path::Path, url: &str, enabled: &[&str]) -> std::
 /// included), holds aged, reading-history rows gone, patrons purged.
 async fn evergreen_done(db: &TestDb) -> [i64; 4] {
     [
-        db.count("action.aged_circulation WHERE parent_circ IS NULL").await,
+        db.count("action.aged_circulation WHERE parent_circ IS NULL")
+            .await,
         db.count("action.aged_hold_request").await,
         -db.count("action.usr_circ_history").await,
         db.count("actor.usr WHERE usrname LIKE '%-PURGED-%'").await,
@@ -330,7 +331,8 @@ async fn sigkill_at_random_moments_on_postgresql_leaves_the_ledger_equal_to_what
                 "seed {seed}, phase {phase}, round {round}: the ledger (left) and the data disagree \
                  (chains, holds, reading history, patrons)"
             );
-            assert_nothing_half_done(&db, &format!("seed {seed}, phase {phase}, round {round}")).await;
+            assert_nothing_half_done(&db, &format!("seed {seed}, phase {phase}, round {round}"))
+                .await;
         }
         assert!(
             killed >= 1 || rounds == 0,

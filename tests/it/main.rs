@@ -5,6 +5,7 @@
 mod common;
 mod cli;
 mod config;
+mod config_fuzz;
 mod crash;
 mod daemon;
 #[macro_use]

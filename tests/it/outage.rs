@@ -1006,11 +1006,16 @@ async fn a_silent_database_mid_run_fails_the_run_in_bounded_time() {
         .find(|l| l.starts_with("lethe: "))
         .unwrap_or_else(|| panic!("no final message:\n{}", out.stderr));
     let proxied = format!("127.0.0.1:{}", lib.proxy.shared.port);
-    assert!(last.contains(&proxied), "the message names the database: {last}");
+    assert!(
+        last.contains(&proxied),
+        "the message names the database: {last}"
+    );
     let reports = lib.outbox();
     assert_eq!(reports.len(), 1, "a failure report");
     assert!(reports[0].0.contains("FAILED"), "{}", reports[0].0);
-    let committed = lib.assert_ledger_equals_data("after the silent outage").await;
+    let committed = lib
+        .assert_ledger_equals_data("after the silent outage")
+        .await;
     assert!(committed.0 > 0, "batches committed before it stand");
     assert_eq!(lib.runs().await, ["running"]);
     // Back: the next run closes the stale one and finishes the work.
