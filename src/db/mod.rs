@@ -266,13 +266,10 @@ impl Drop for Tx {
                 _ => conn.abandon(),
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(rollback);
-            }
-            // No runtime (shutting down): the connection closes with the process and
-            // the server rolls back.
-            Err(_) => {}
+        // Without a runtime (shutting down) the connection closes with the process and
+        // the server rolls back.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(rollback);
         }
     }
 }

@@ -246,3 +246,26 @@ fn structural_errors_in_several_sections_are_all_reported() {
     assert!(msg.contains("frobnicate"), "{msg}");
     assert!(err.0.iter().all(|e| e.location.is_some()), "{msg}");
 }
+
+/// Regression (found by the config fuzzer): a `%YAML` directive or a `---` after content
+/// starts a second document; serde_yaml's error for a directive has no place, so Lethe
+/// names the line where that document begins.
+#[test]
+fn a_second_document_is_reported_where_it_begins() {
+    // (serde_yaml places the `---` case itself, at the end of the first document.)
+    for (yaml, line) in [
+        ("library: Test\n%YAML 1.2\nprofile: koha\n", 2),
+        (
+            "# policy\nlibrary: Test\nprofile: koha\n---\nschedule: {}\n",
+            2,
+        ),
+    ] {
+        let err = config::parse_str(yaml, "x.yaml", Path::new("/tmp"), &|_| None).unwrap_err();
+        let e = err
+            .0
+            .iter()
+            .find(|e| e.message.contains("more than one document"))
+            .unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(e.location.map(|l| l.line), Some(line), "{err}");
+    }
+}

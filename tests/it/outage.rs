@@ -700,11 +700,9 @@ async fn a_long_outage_mid_run_fails_the_run_and_the_next_run_finishes() {
     assert_no_canary(&out);
     let retries = out.stderr.matches(RETRY_WARNING).count();
     assert!(retries >= 1, "no retry warning:\n{}", out.stderr);
-    for l in out
-        .stderr
-        .lines()
-        .filter(|l| l.contains(RETRY_WARNING) || l.contains("class failed"))
-    {
+    for l in out.stderr.lines().filter(|l| {
+        l.contains(RETRY_WARNING) || l.contains("class failed") || l.contains("run lock")
+    }) {
         eprintln!("outage (long): {l}");
     }
     let j: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -1127,5 +1125,53 @@ async fn the_daemon_survives_a_silent_database_and_the_next_scheduled_run_succee
     eprintln!(
         "outage figures (daemon, silent): scheduled run gave up {:.1} s after the server went silent; {failed}",
         gave_up_after.as_secs_f64()
+    );
+}
+
+/// A batch's COMMIT reaches the server, which commits, and then the server goes silent:
+/// the answer never comes. Lethe waits `safety.statement_timeout`, drops the
+/// connection, says that whether the transaction committed is unknown, and counts
+/// nothing for it itself; because the batch's ledger count was in that same
+/// transaction, the ledger still equals the data, and the next run, re-counting what
+/// is still eligible, finishes the work without doing that batch twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_whose_answer_never_comes_leaves_the_ledger_equal_to_the_data() {
+    let Some(lib) = library_with(
+        6000,
+        "30 2 * * *",
+        "  statement_timeout: 3 seconds\n  retry_for: 10 seconds\n",
+    )
+    .await
+    else {
+        return;
+    };
+    let mut run = lib.lethe(&["run", "--once", "--json"]);
+    run.batches(20, Duration::from_secs(60)).await;
+    lib.proxy.arm_on("COMMIT", Mode::Frozen);
+    lib.proxy.struck(Duration::from_secs(10)).await;
+    let out = run.exit(Duration::from_secs(120)).await;
+    lib.proxy.restore();
+    no_panic(&out);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_no_canary(&out);
+    assert!(
+        out.stderr
+            .contains("whether the transaction committed is unknown"),
+        "the unknown outcome is said:\n{}",
+        out.stderr
+    );
+    // The server applied the COMMIT: its rows and its ledger count stand together.
+    let committed = lib.assert_ledger_equals_data("after the lost COMMIT").await;
+    let (next, _) = lib.run_ok().await;
+    assert_eq!(lib.runs().await, ["interrupted", "ok"]);
+    let finished = lib.assert_ledger_equals_data("after the next run").await;
+    let (again, _) = lib.run_ok().await;
+    assert_eq!(affected(&again), 0, "{again}");
+    eprintln!(
+        "outage figures (lost COMMIT): {} rows committed before (the unanswered batch included), {} after the next \
+         run ({} by it)",
+        committed.0 + committed.1,
+        finished.0 + finished.1,
+        affected(&next)
     );
 }
