@@ -115,6 +115,12 @@ pub struct RawSafety {
     /// Default: 10.
     #[schemars(range(min = 1, max = 100))]
     pub max_rounds: Option<i64>,
+    /// The longest one statement may go unanswered, e.g. "5 minutes".
+    pub statement_timeout: Option<String>,
+    /// How many times a step that failed with a transient error is tried again.
+    pub retries: Option<i64>,
+    /// How long after the database began failing a retry may still start, e.g. "1 minute".
+    pub retry_for: Option<String>,
 }
 
 /// `report:`.
@@ -496,4 +502,79 @@ pub struct RawProfile {
     pub anonymous_patron: Option<RawAnonymousPatron>,
     /// The classes.
     pub classes: IndexMap<String, RawClass>,
+}
+
+/// One top-level section alone: the other keys are ignored, so that reading it stops
+/// only at an error inside it.
+macro_rules! only {
+    ($name:ident, $field:ident, $ty:ty) => {
+        #[derive(Deserialize)]
+        struct $name {
+            #[allow(dead_code)]
+            $field: Option<$ty>,
+        }
+    };
+}
+only!(OnlyLibrary, library, String);
+only!(OnlyDatabase, database, RawDatabase);
+only!(OnlySchedule, schedule, RawSchedule);
+only!(OnlySafety, safety, RawSafety);
+only!(OnlyReport, report, RawReport);
+only!(OnlyProfile, profile, String);
+only!(OnlyAnonymousPatron, anonymous_patron, RawAnonymousPatron);
+only!(OnlyClasses, classes, IndexMap<String, RawClass>);
+
+/// The top-level keys only, for unknown ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct TopKeys {
+    library: Option<serde::de::IgnoredAny>,
+    database: Option<serde::de::IgnoredAny>,
+    schedule: Option<serde::de::IgnoredAny>,
+    safety: Option<serde::de::IgnoredAny>,
+    report: Option<serde::de::IgnoredAny>,
+    profile: Option<serde::de::IgnoredAny>,
+    anonymous_patron: Option<serde::de::IgnoredAny>,
+    classes: Option<serde::de::IgnoredAny>,
+}
+
+/// serde stops at the first structural error (a wrong type, an unknown key) of the
+/// whole file. After one, each top-level section is read again on its own, so that the
+/// first error of every section is reported, not only of the first section that has
+/// one. Only errors inside a section (their message starts with its path) and unknown
+/// top-level keys are returned; a file that is not a mapping at all gives nothing
+/// more than its first error. Cheap: the file is a few kilobytes at most, and this
+/// runs only when it is already known to be wrong.
+pub fn section_errors(text: &str) -> Vec<serde_yaml::Error> {
+    fn inside<T: for<'de> Deserialize<'de>>(
+        text: &str,
+        field: &str,
+        out: &mut Vec<serde_yaml::Error>,
+    ) {
+        if let Err(e) = serde_yaml::from_str::<T>(text) {
+            let m = e.to_string();
+            let within = m.strip_prefix(field).is_some_and(|rest| {
+                rest.starts_with('.') || rest.starts_with(':') || rest.starts_with('[')
+            });
+            if within {
+                out.push(e);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Err(e) = serde_yaml::from_str::<TopKeys>(text) {
+        if e.to_string().starts_with("unknown field") {
+            out.push(e);
+        }
+    }
+    inside::<OnlyLibrary>(text, "library", &mut out);
+    inside::<OnlyDatabase>(text, "database", &mut out);
+    inside::<OnlySchedule>(text, "schedule", &mut out);
+    inside::<OnlySafety>(text, "safety", &mut out);
+    inside::<OnlyReport>(text, "report", &mut out);
+    inside::<OnlyProfile>(text, "profile", &mut out);
+    inside::<OnlyAnonymousPatron>(text, "anonymous_patron", &mut out);
+    inside::<OnlyClasses>(text, "classes", &mut out);
+    out
 }

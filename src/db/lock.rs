@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{ConnectOptions, Connection, MySqlConnection, PgConnection, SqliteConnection};
 use tokio_util::sync::CancellationToken;
 
-use super::{Db, DbError};
+use super::{Db, DbError, Pool};
 
 /// The PostgreSQL advisory-lock key: the bytes of `"lethe"`, read as a big-endian
 /// 64-bit integer (`0x0000_006c_6574_6865`). Advisory locks are scoped to the current
@@ -174,7 +174,15 @@ impl RunLock {
         on_lost: CancellationToken,
         every: Duration,
     ) -> Result<Option<RunLock>, DbError> {
-        let Some((holder, what)) = acquire(db).await? else {
+        let limit = db.statement_timeout();
+        // A silent server must not hold the run at its start either.
+        let tried = tokio::time::timeout(limit, acquire(db))
+            .await
+            .map_err(|_| DbError::Timeout {
+                commit: false,
+                after: limit,
+            })?;
+        let Some((holder, what)) = tried? else {
             return Ok(None);
         };
         let stop = CancellationToken::new();
@@ -183,7 +191,7 @@ impl RunLock {
         let task = tokio::spawn(hold(
             holder,
             what.clone(),
-            every,
+            [every, limit],
             stop.clone(),
             [lost.clone(), on_lost],
         ));
@@ -226,8 +234,8 @@ impl Drop for RunLock {
 
 /// Opens the lock connection and tries the lock once. `None`: taken by another worker.
 async fn acquire(db: &Db) -> Result<Option<(Holder, String)>, DbError> {
-    match db {
-        Db::Postgres(pool) => {
+    match db.pool() {
+        Pool::Postgres(pool) => {
             let opts = pool
                 .connect_options()
                 .as_ref()
@@ -246,7 +254,7 @@ async fn acquire(db: &Db) -> Result<Option<(Holder, String)>, DbError> {
                 Ok(None)
             }
         }
-        Db::MySql(pool) => {
+        Pool::MySql(pool) => {
             let mut conn = pool.connect_options().connect().await?;
             let database: Option<String> = sqlx::query_scalar("SELECT DATABASE()")
                 .fetch_one(&mut conn)
@@ -271,7 +279,7 @@ async fn acquire(db: &Db) -> Result<Option<(Holder, String)>, DbError> {
                 }
             }
         }
-        Db::Sqlite(pool) => {
+        Pool::Sqlite(pool) => {
             let main = pool.connect_options();
             let file = main.get_filename();
             if is_in_memory(file) {
@@ -325,12 +333,14 @@ fn is_sqlite_busy(e: &sqlx::Error) -> bool {
     }
 }
 
-/// Holds the lock until `stop`, pinging every `every`. A failed ping means the lock may
-/// be gone: both `lost` tokens are cancelled and the connection dropped.
+/// Holds the lock until `stop`, pinging every `every`. A failed ping, or one without an
+/// answer within `limit` (the statement timeout), means the lock may be gone: both
+/// `lost` tokens are cancelled and the connection dropped. Releasing is bounded by
+/// `limit` too: a silent server must not keep the run from ending.
 async fn hold(
     mut holder: Holder,
     what: String,
-    every: Duration,
+    [every, limit]: [Duration; 2],
     stop: CancellationToken,
     lost: [CancellationToken; 2],
 ) {
@@ -340,15 +350,18 @@ async fn hold(
     loop {
         tokio::select! {
             _ = stop.cancelled() => {
-                if let Err(e) = holder.release().await {
-                    tracing::warn!(error = %e, lock = %what, "releasing the run lock failed; its connection is closed, which releases it");
-                } else {
-                    tracing::debug!(lock = %what, "run lock released");
+                match tokio::time::timeout(limit, holder.release()).await {
+                    Ok(Ok(())) => tracing::debug!(lock = %what, "run lock released"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, lock = %what, "releasing the run lock failed; its connection is closed, which releases it"),
+                    Err(_) => tracing::warn!(lock = %what, "no answer to releasing the run lock within safety.statement_timeout; its connection is dropped, which releases it"),
                 }
                 return;
             }
             _ = tick.tick() => {
-                if let Err(e) = holder.ping().await {
+                let pinged = tokio::time::timeout(limit, holder.ping())
+                    .await
+                    .unwrap_or_else(|_| Err(sqlx::Error::Protocol("no answer within safety.statement_timeout".into())));
+                if let Err(e) = pinged {
                     tracing::error!(
                         error = %e,
                         lock = %what,

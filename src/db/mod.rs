@@ -6,6 +6,23 @@
 //! `sqlx::Any` is not used: it cannot bind chrono types and does not translate
 //! placeholders (STACK.md). Every dynamic statement is built by sea-query from
 //! validated identifiers; only such SQL is wrapped in `AssertSqlSafe`.
+//!
+//! Every statement has a bound, `safety.statement_timeout` ([`Db::statement_timeout`]):
+//! a server that goes silent (a hung host, a firewall dropping an established flow)
+//! never answers and never closes the connection, so without one a run would wait
+//! forever. The bound is kept here, on Lethe's side, around each statement, `BEGIN` and
+//! `COMMIT` ([`DbError::Timeout`]); the connection it struck is dropped, never handed
+//! back to the pool (its state is unknown: a statement may still be running, a reply may
+//! still come). The servers get the same bound where they have one, so the work of an
+//! abandoned statement stops there too: PostgreSQL's `statement_timeout` (sent at
+//! connect), MariaDB's `max_statement_time` (MySQL: `max_execution_time`, SELECT only),
+//! set on each new connection; SQLite's busy timeout is at most the same. sqlx offers
+//! no TCP keepalive setting, and keepalive would not help here anyway: a hung server's
+//! kernel still answers keepalive probes.
+//!
+//! Transactions are begun and ended by Lethe itself on a connection it holds ([`Tx`]),
+//! so that a connection struck by the bound can be taken out of the pool; a [`Tx`]
+//! dropped without commit is rolled back in a task of its own, bounded too.
 
 pub mod lock;
 pub mod sql;
@@ -16,6 +33,7 @@ use chrono::{DateTime, Utc};
 use sea_query::{MysqlQueryBuilder, PostgresQueryBuilder, SqliteQueryBuilder};
 use sea_query_sqlx::SqlxBinder;
 use secrecy::ExposeSecret;
+use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, MySqlPool, PgPool, Row, SqlitePool};
 
 use crate::config::{
@@ -37,6 +55,25 @@ pub enum DbError {
     /// A statement failed.
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// No answer within `safety.statement_timeout`: the connection was dropped. For a
+    /// `COMMIT`, whether the transaction committed is unknown.
+    #[error("{}", timeout_message(*.commit, *.after))]
+    Timeout {
+        /// Whether the statement was a `COMMIT`.
+        commit: bool,
+        /// The bound that was reached (`safety.statement_timeout`).
+        after: Duration,
+    },
+    /// No connection could be had from the pool within its acquire timeout (the
+    /// server is down, unreachable or not answering).
+    #[error(
+        "no connection to the database within {} s (the server is down, unreachable or not answering)",
+        .waited.as_secs()
+    )]
+    NoConnection {
+        /// The pool's acquire timeout.
+        waited: Duration,
+    },
     /// Lethe's own migrations failed.
     #[error("migrating Lethe's own tables failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -55,6 +92,22 @@ pub enum DbError {
     Lock(String),
 }
 
+fn timeout_message(commit: bool, after: Duration) -> String {
+    let secs = after.as_secs_f64();
+    if commit {
+        format!(
+            "no answer to COMMIT within {secs} s (safety.statement_timeout): the connection was dropped, and \
+             whether the transaction committed is unknown (its ledger count is in the same transaction, so \
+             the ledger matches the data either way)"
+        )
+    } else {
+        format!(
+            "no answer from the database within {secs} s (safety.statement_timeout): the connection was dropped \
+             and its transaction rolled back (a hung server or a dead network path?)"
+        )
+    }
+}
+
 impl DbError {
     /// Whether the error means the config does not fit this database (exit 2, nothing
     /// touched) rather than a failure at run time.
@@ -64,9 +117,11 @@ impl DbError {
 }
 
 /// Whether an error is worth trying again after a pause: the connection was lost or
-/// could not be had (I/O, pool timeout, TLS), the server is shutting down or restarting,
-/// or the statement lost a deadlock or a lock wait. Anything else (a constraint, a
-/// syntax or schema error) fails at once: trying again would fail the same way.
+/// could not be had (I/O, pool timeout, TLS), no answer came within the statement
+/// timeout (the next try gets a new connection), the server is shutting down or
+/// restarting, or the statement lost a deadlock or a lock wait. Anything else (a
+/// constraint, a syntax or schema error, the server's own statement timeout) fails at
+/// once: trying again would fail the same way.
 ///
 /// Codes: MySQL/MariaDB 1205 (lock wait timeout), 1213 (deadlock), 2006/2013 (server
 /// gone, lost connection), 1053 (server shutdown); PostgreSQL SQLSTATE class 08
@@ -74,7 +129,7 @@ impl DbError {
 /// (admin/crash shutdown, cannot connect now); SQLite 5 and 6 (busy, locked).
 pub fn is_transient(e: &DbError) -> bool {
     match e {
-        DbError::Connect { .. } => true,
+        DbError::Connect { .. } | DbError::Timeout { .. } | DbError::NoConnection { .. } => true,
         DbError::Query(q) => match q {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
@@ -120,9 +175,9 @@ where
     }
 }
 
-/// A pool for one backend.
+/// The pool of one backend.
 #[derive(Debug, Clone)]
-pub enum Db {
+pub(crate) enum Pool {
     /// SQLite (the demo library, or a file).
     Sqlite(SqlitePool),
     /// MySQL or MariaDB (Koha).
@@ -131,14 +186,96 @@ pub enum Db {
     Postgres(PgPool),
 }
 
-/// A transaction on one backend.
-pub enum Tx {
-    /// SQLite, begun with `BEGIN IMMEDIATE` so the write lock is taken up front.
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    /// MySQL/MariaDB.
-    MySql(sqlx::Transaction<'static, sqlx::MySql>),
-    /// PostgreSQL.
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+/// A pool for one backend (2 connections), and the bound on each statement.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: Pool,
+    limit: Duration,
+}
+
+/// The default of `safety.statement_timeout`: 5 minutes. Lethe's statements are
+/// batches of at most `safety.batch_size` keys and counts over one table; a statement
+/// taking longer than this on a library's database is stuck, or its answer is lost.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long taking a connection from the pool may take (opening one included).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long closing a pool may take before its connections are abandoned (a silent
+/// server never acknowledges anything).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A held connection of one backend.
+enum Conn {
+    Sqlite(PoolConnection<sqlx::Sqlite>),
+    MySql(PoolConnection<sqlx::MySql>),
+    Postgres(PoolConnection<sqlx::Postgres>),
+}
+
+impl Conn {
+    fn target(&mut self) -> Target<'_> {
+        match self {
+            Conn::Sqlite(c) => Target::Sqlite(c),
+            Conn::MySql(c) => Target::MySql(c),
+            Conn::Postgres(c) => Target::Postgres(c),
+        }
+    }
+
+    /// Takes the connection out of the pool and closes its socket without a word to
+    /// the server (which rolls back whatever was open on it); the pool may open a new
+    /// one in its place.
+    fn abandon(self) {
+        match self {
+            Conn::Sqlite(c) => drop(c.detach()),
+            Conn::MySql(c) => drop(c.detach()),
+            Conn::Postgres(c) => drop(c.detach()),
+        }
+    }
+
+    async fn raw(&mut self, sql: &'static str) -> Result<(), sqlx::Error> {
+        match self {
+            Conn::Sqlite(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
+            Conn::MySql(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
+            Conn::Postgres(c) => sqlx::raw_sql(sql).execute(&mut **c).await.map(|_| ()),
+        }
+    }
+}
+
+/// A unit of work on one connection held from the pool: a transaction ([`Db::begin`];
+/// `BEGIN IMMEDIATE` on SQLite, so the write lock is taken up front) or a read that is
+/// never committed. Every statement is bounded by `safety.statement_timeout`; once one
+/// timed out, the connection is gone and every further statement fails with
+/// [`DbError::Timeout`]. Dropped without [`Tx::commit`], the transaction is rolled back
+/// in the background (bounded the same way; on failure the connection is abandoned)
+/// before the connection goes back to the pool.
+pub struct Tx {
+    conn: Option<Conn>,
+    /// A transaction was begun and not yet committed or rolled back.
+    open: bool,
+    limit: Duration,
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if !self.open {
+            return; // back to the pool
+        }
+        let limit = self.limit;
+        let rollback = async move {
+            match tokio::time::timeout(limit, conn.raw("ROLLBACK")).await {
+                Ok(Ok(())) => drop(conn),
+                _ => conn.abandon(),
+            }
+        };
+        // Without a runtime (shutting down) the connection closes with the process and
+        // the server rolls back.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(rollback);
+        }
+    }
 }
 
 /// Builds a sea-query statement for the backend and runs `$body` with `sql`, `values`
@@ -162,6 +299,20 @@ macro_rules! on_backend {
     };
 }
 
+/// Runs `$body` (an expression using `.await?`, with `$t` the [`Target`]) on `$tx`'s
+/// connection within the statement timeout; a timeout abandons the connection.
+macro_rules! bounded {
+    ($tx:expr, |$t:ident| $body:expr) => {{
+        let limit = $tx.limit;
+        let r = tokio::time::timeout(limit, async {
+            let $t = $tx.target()?;
+            Ok::<_, DbError>($body)
+        })
+        .await;
+        $tx.settle(r, false)
+    }};
+}
+
 enum Target<'a> {
     Sqlite(&'a mut sqlx::SqliteConnection),
     MySql(&'a mut sqlx::MySqlConnection),
@@ -169,33 +320,92 @@ enum Target<'a> {
 }
 
 impl Tx {
-    fn target(&mut self) -> Target<'_> {
-        match self {
-            Tx::Sqlite(t) => Target::Sqlite(t),
-            Tx::MySql(t) => Target::MySql(t),
-            Tx::Postgres(t) => Target::Postgres(t),
+    fn target(&mut self) -> Result<Target<'_>, DbError> {
+        match &mut self.conn {
+            Some(c) => Ok(c.target()),
+            None => Err(DbError::Timeout {
+                commit: false,
+                after: self.limit,
+            }),
         }
     }
 
-    /// Commits.
+    /// The result of a bounded call: a timeout abandons the connection.
+    fn settle<T>(
+        &mut self,
+        r: Result<Result<T, DbError>, tokio::time::error::Elapsed>,
+        commit: bool,
+    ) -> Result<T, DbError> {
+        match r {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(c) = self.conn.take() {
+                    c.abandon();
+                }
+                self.open = false;
+                tracing::warn!(
+                    timeout_s = self.limit.as_secs_f64(),
+                    commit,
+                    "no answer from the database within safety.statement_timeout: connection dropped"
+                );
+                Err(DbError::Timeout {
+                    commit,
+                    after: self.limit,
+                })
+            }
+        }
+    }
+
+    /// Begins a transaction on the held connection (within the statement timeout).
+    async fn start(&mut self, sql: &'static str) -> Result<(), DbError> {
+        let limit = self.limit;
+        let r = tokio::time::timeout(limit, async {
+            match &mut self.conn {
+                Some(c) => Ok(c.raw(sql).await?),
+                None => Err(DbError::Timeout {
+                    commit: false,
+                    after: limit,
+                }),
+            }
+        })
+        .await;
+        // Open from here: should BEGIN have failed half-way, the drop rolls back.
+        self.open = true;
+        self.settle(r, false)
+    }
+
+    /// Commits, within the statement timeout.
     ///
     /// # Errors
-    /// The commit failed; nothing of the transaction stands.
-    pub async fn commit(self) -> Result<(), DbError> {
-        match self {
-            Tx::Sqlite(t) => t.commit().await?,
-            Tx::MySql(t) => t.commit().await?,
-            Tx::Postgres(t) => t.commit().await?,
+    /// The commit failed: nothing of the transaction stands. [`DbError::Timeout`] with
+    /// `commit: true`: no answer came, the connection was dropped, and whether the
+    /// server committed is unknown; everything Lethe writes in one transaction (a
+    /// batch and its ledger count) then stands or falls together.
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        let limit = self.limit;
+        let r = tokio::time::timeout(limit, async {
+            match &mut self.conn {
+                Some(c) => Ok(c.raw("COMMIT").await?),
+                None => Err(DbError::Timeout {
+                    commit: false,
+                    after: limit,
+                }),
+            }
+        })
+        .await;
+        let r = self.settle(r, true);
+        if r.is_ok() {
+            self.open = false;
         }
-        Ok(())
+        r
     }
 
     /// Runs a statement, returning the number of rows it changed.
     ///
     /// # Errors
-    /// The statement failed.
+    /// The statement failed, or [`DbError::Timeout`].
     pub async fn execute<S: SqlxBinder>(&mut self, stmt: &S) -> Result<u64, DbError> {
-        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+        bounded!(self, |t| on_backend!(t, stmt, |sql, values, ex| {
             sqlx::query_with(AssertSqlSafe(sql), values)
                 .execute(&mut *ex)
                 .await?
@@ -207,9 +417,9 @@ impl Tx {
     /// every row (NULLs skipped).
     ///
     /// # Errors
-    /// The statement failed.
+    /// The statement failed, or [`DbError::Timeout`].
     pub async fn fetch_i64s<S: SqlxBinder>(&mut self, stmt: &S) -> Result<Vec<i64>, DbError> {
-        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+        bounded!(self, |t| on_backend!(t, stmt, |sql, values, ex| {
             let rows = sqlx::query_with(AssertSqlSafe(sql), values)
                 .fetch_all(&mut *ex)
                 .await?;
@@ -226,12 +436,12 @@ impl Tx {
     /// Runs a query returning one row of 64-bit integers (NULL as `None`).
     ///
     /// # Errors
-    /// The statement failed or returned no row.
+    /// The statement failed or returned no row, or [`DbError::Timeout`].
     pub async fn fetch_row_i64<S: SqlxBinder>(
         &mut self,
         stmt: &S,
     ) -> Result<Vec<Option<i64>>, DbError> {
-        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+        bounded!(self, |t| on_backend!(t, stmt, |sql, values, ex| {
             let r = sqlx::query_with(AssertSqlSafe(sql), values)
                 .fetch_one(&mut *ex)
                 .await?;
@@ -250,7 +460,8 @@ impl Db {
     /// that refuses connections is tried again for those 10 s (it may be restarting),
     /// and one that never answers is waited for as long; sqlx then reports only
     /// `PoolTimedOut`, so one more direct attempt names the cause (see
-    /// [`timed_out_cause`]). A SQLite file must exist.
+    /// [`timed_out_cause`]). A SQLite file must exist. Statements are bounded by
+    /// `safety.statement_timeout` (see the module doc).
     ///
     /// # Errors
     /// [`DbError::Connect`] with the URL (without password) and the cause.
@@ -259,11 +470,12 @@ impl Db {
             cfg.database.backend,
             cfg.database.url.expose_secret(),
             &cfg.database.display_url,
+            cfg.safety.statement_timeout,
         )
         .await
     }
 
-    /// [`Db::connect`] from a URL.
+    /// [`Db::connect`] from a URL, each statement bounded by `statement_timeout`.
     ///
     /// # Errors
     /// [`DbError::Connect`].
@@ -271,13 +483,15 @@ impl Db {
         backend: Backend,
         url: &str,
         display_url: &str,
+        statement_timeout: Duration,
     ) -> Result<Db, DbError> {
         let fail = |e: sqlx::Error| DbError::Connect {
             url: display_url.to_string(),
             cause: e.to_string(),
         };
-        let timeout = Duration::from_secs(10);
-        match backend {
+        let timeout = ACQUIRE_TIMEOUT;
+        let limit = statement_timeout.max(Duration::from_millis(1));
+        let pool = match backend {
             Backend::Sqlite => {
                 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
                 use std::str::FromStr;
@@ -288,14 +502,14 @@ impl Db {
                     .journal_mode(SqliteJournalMode::Wal)
                     // Deleted rows are overwritten, not left readable in free pages.
                     .pragma("secure_delete", "ON")
-                    .busy_timeout(Duration::from_secs(30));
+                    .busy_timeout(limit.min(Duration::from_secs(30)));
                 let pool = SqlitePoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
                     .connect_with(opts)
                     .await
                     .map_err(fail)?;
-                Ok(Db::Sqlite(pool))
+                Pool::Sqlite(pool)
             }
             Backend::MySql => {
                 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
@@ -304,6 +518,12 @@ impl Db {
                 let pool = match MySqlPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
+                    .after_connect(move |conn, _meta| {
+                        Box::pin(async move {
+                            set_mysql_statement_limit(conn, limit).await;
+                            Ok(())
+                        })
+                    })
                     .connect_with(opts.clone())
                     .await
                 {
@@ -316,12 +536,15 @@ impl Db {
                     }
                     Err(e) => return Err(fail(e)),
                 };
-                Ok(Db::MySql(pool))
+                Pool::MySql(pool)
             }
             Backend::Postgres => {
                 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
                 use std::str::FromStr;
-                let opts = PgConnectOptions::from_str(url).map_err(fail)?;
+                let opts = PgConnectOptions::from_str(url)
+                    .map_err(fail)?
+                    // The server's own bound (a later `-c` wins over one in the URL).
+                    .options([("statement_timeout", format!("{}ms", limit.as_millis()))]);
                 let pool = match PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
@@ -337,30 +560,64 @@ impl Db {
                     }
                     Err(e) => return Err(fail(e)),
                 };
-                Ok(Db::Postgres(pool))
+                Pool::Postgres(pool)
             }
-        }
+        };
+        Ok(Db { pool, limit })
+    }
+
+    /// The pool, for the run lock (which opens a connection of its own with the same
+    /// options).
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The bound on each statement (`safety.statement_timeout`).
+    pub fn statement_timeout(&self) -> Duration {
+        self.limit
     }
 
     /// The backend.
     pub fn backend(&self) -> Backend {
-        match self {
-            Db::Sqlite(_) => Backend::Sqlite,
-            Db::MySql(_) => Backend::MySql,
-            Db::Postgres(_) => Backend::Postgres,
+        match &self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::MySql(_) => Backend::MySql,
+            Pool::Postgres(_) => Backend::Postgres,
         }
+    }
+
+    /// A connection from the pool, held (the pool's 10 s acquire timeout applies).
+    async fn hold(&self) -> Result<Tx, DbError> {
+        let none = |e: sqlx::Error| match e {
+            sqlx::Error::PoolTimedOut => DbError::NoConnection {
+                waited: ACQUIRE_TIMEOUT,
+            },
+            e => DbError::Query(e),
+        };
+        let conn = match &self.pool {
+            Pool::Sqlite(p) => Conn::Sqlite(p.acquire().await.map_err(none)?),
+            Pool::MySql(p) => Conn::MySql(p.acquire().await.map_err(none)?),
+            Pool::Postgres(p) => Conn::Postgres(p.acquire().await.map_err(none)?),
+        };
+        Ok(Tx {
+            conn: Some(conn),
+            open: false,
+            limit: self.limit,
+        })
     }
 
     /// Begins a transaction (`BEGIN IMMEDIATE` on SQLite).
     ///
     /// # Errors
-    /// The database refused.
+    /// The database refused, or [`DbError::Timeout`].
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        Ok(match self {
-            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Db::MySql(p) => Tx::MySql(p.begin().await?),
-            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
-        })
+        let mut tx = self.hold().await?;
+        let sql = match self.backend() {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            _ => "BEGIN",
+        };
+        tx.start(sql).await?;
+        Ok(tx)
     }
 
     /// Applies Lethe's own migrations (`migrations/<backend>`), recorded in
@@ -370,24 +627,24 @@ impl Db {
     /// # Errors
     /// [`DbError::Migrate`].
     pub async fn migrate(&self) -> Result<(), DbError> {
-        match self {
-            Db::Sqlite(p) => {
+        let mut tx = self.hold().await?;
+        bounded!(tx, |t| match t {
+            Target::Sqlite(p) => {
                 let mut m = sqlx::migrate!("migrations/sqlite");
                 m.dangerous_set_table_name("lethe_migrations");
                 m.run(p).await?
             }
-            Db::MySql(p) => {
+            Target::MySql(p) => {
                 let mut m = sqlx::migrate!("migrations/mysql");
                 m.dangerous_set_table_name("lethe_migrations");
                 m.run(p).await?
             }
-            Db::Postgres(p) => {
+            Target::Postgres(p) => {
                 let mut m = sqlx::migrate!("migrations/postgres");
                 m.dangerous_set_table_name("lethe_migrations");
                 m.run(p).await?
             }
-        }
-        Ok(())
+        })
     }
 
     /// The columns of `table` with their declared types (lower-case), from the catalog;
@@ -396,14 +653,15 @@ impl Db {
     /// # Errors
     /// The catalog query failed.
     pub async fn columns(&self, table: &TableName) -> Result<Vec<(String, String)>, DbError> {
-        let rows: Vec<(String, String)> = match self {
-            Db::Sqlite(p) => {
+        let mut tx = self.hold().await?;
+        let rows: Vec<(String, String)> = bounded!(tx, |t| match t {
+            Target::Sqlite(p) => {
                 sqlx::query_as("SELECT name, lower(type) FROM pragma_table_info(?)")
                     .bind(table.name.as_str())
                     .fetch_all(p)
                     .await?
             }
-            Db::MySql(p) => {
+            Target::MySql(p) => {
                 let rows = sqlx::query(
                     "SELECT CAST(column_name AS CHAR), CAST(lower(data_type) AS CHAR) FROM information_schema.columns \
                      WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ?",
@@ -418,7 +676,7 @@ impl Db {
                 }
                 out
             }
-            Db::Postgres(p) => sqlx::query_as(
+            Target::Postgres(p) => sqlx::query_as(
                 "SELECT column_name::text, lower(data_type)::text FROM information_schema.columns \
                      WHERE table_schema = COALESCE($1, current_schema()) AND table_name = $2",
             )
@@ -426,7 +684,7 @@ impl Db {
             .bind(table.name.as_str())
             .fetch_all(p)
             .await?,
-        };
+        })?;
         Ok(rows)
     }
 
@@ -435,14 +693,15 @@ impl Db {
     /// # Errors
     /// The catalog query failed.
     pub async fn primary_key(&self, table: &TableName) -> Result<Vec<String>, DbError> {
-        Ok(match self {
-            Db::Sqlite(p) => {
+        let mut tx = self.hold().await?;
+        bounded!(tx, |t| match t {
+            Target::Sqlite(p) => {
                 sqlx::query_scalar("SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk")
                     .bind(table.name.as_str())
                     .fetch_all(p)
                     .await?
             }
-            Db::MySql(p) => {
+            Target::MySql(p) => {
                 sqlx::query_scalar(
                     "SELECT CAST(column_name AS CHAR) FROM information_schema.columns \
                      WHERE table_schema = COALESCE(?, DATABASE()) AND table_name = ? AND column_key = 'PRI'",
@@ -452,7 +711,7 @@ impl Db {
                 .fetch_all(p)
                 .await?
             }
-            Db::Postgres(p) => {
+            Target::Postgres(p) => {
                 sqlx::query_scalar(
                     "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
                      ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
@@ -597,8 +856,16 @@ impl Db {
             ));
         }
         if let Some(pc) = &c.purge {
-            let found = match self {
-                Db::Postgres(p) => sqlx::query_scalar::<_, i64>(
+            if backend == Backend::Sqlite {
+                problems.push(format!(
+                    "classes.{}: action purge calls a database function, and SQLite has none",
+                    c.name
+                ));
+                return Ok(());
+            }
+            let mut tx = self.hold().await?;
+            let found: i64 = bounded!(tx, |t| match t {
+                Target::Postgres(p) => sqlx::query_scalar::<_, i64>(
                     "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
                          WHERE n.nspname = COALESCE($1, current_schema()) AND p.proname = $2",
                 )
@@ -606,7 +873,7 @@ impl Db {
                 .bind(pc.function.name.as_str())
                 .fetch_one(p)
                 .await?,
-                Db::MySql(p) => {
+                Target::MySql(p) => {
                     sqlx::query_scalar::<_, i64>(
                         "SELECT count(*) FROM information_schema.routines \
                          WHERE routine_schema = COALESCE(?, DATABASE()) AND routine_name = ?",
@@ -616,14 +883,9 @@ impl Db {
                     .fetch_one(p)
                     .await?
                 }
-                Db::Sqlite(_) => {
-                    problems.push(format!(
-                        "classes.{}: action purge calls a database function, and SQLite has none",
-                        c.name
-                    ));
-                    return Ok(());
-                }
-            };
+                Target::Sqlite(_) => 0,
+            })?;
+            drop(tx);
             if found == 0 {
                 problems.push(format!(
                     "classes.{}: purge function {} does not exist",
@@ -639,24 +901,30 @@ impl Db {
             }
         }
         for f in &c.triggers {
-            let Db::Postgres(p) = self else {
+            if backend != Backend::Postgres {
                 problems.push(format!(
                     "classes.{}: triggers are checked on PostgreSQL only; remove triggers: for this database",
                     c.name
                 ));
                 break;
-            };
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+            }
+            let mut tx = self.hold().await?;
+            let n: i64 = bounded!(tx, |t| match t {
+                Target::Postgres(p) =>
+                    sqlx::query_scalar(
+                        "SELECT count(*) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
                  JOIN pg_namespace n ON n.oid = p.pronamespace \
                  WHERE t.tgrelid = to_regclass($1) AND NOT t.tgisinternal AND t.tgenabled <> 'D' \
                  AND n.nspname = COALESCE($2, current_schema()) AND p.proname = $3",
-            )
-            .bind(c.table.to_string())
-            .bind(f.schema.as_ref().map(|s| s.as_str().to_string()))
-            .bind(f.name.as_str())
-            .fetch_one(p)
-            .await?;
+                    )
+                    .bind(c.table.to_string())
+                    .bind(f.schema.as_ref().map(|s| s.as_str().to_string()))
+                    .bind(f.name.as_str())
+                    .fetch_one(p)
+                    .await?,
+                _ => 1,
+            })?;
+            drop(tx);
             if n == 0 {
                 problems.push(format!(
                     "classes.{}: no enabled trigger on {} calls {f}: deleting without it would destroy what the \
@@ -681,10 +949,13 @@ impl Db {
         &self,
         pc: &crate::config::PurgeCall,
     ) -> Result<Option<Vec<String>>, DbError> {
-        let Db::Postgres(p) = self else {
+        if self.backend() != Backend::Postgres {
             return Ok(Some(Vec::new()));
-        };
-        let rows: Vec<Vec<String>> = sqlx::query_scalar(
+        }
+        let mut tx = self.hold().await?;
+        let rows: Vec<Vec<String>> = bounded!(tx, |t| {
+            match t {
+            Target::Postgres(p) => sqlx::query_scalar(
             "SELECT ARRAY(SELECT t.typname::text FROM unnest(p.proargtypes) WITH ORDINALITY AS a(oid, n) \
                           JOIN pg_type t ON t.oid = a.oid ORDER BY a.n) \
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
@@ -694,7 +965,10 @@ impl Db {
         .bind(pc.function.name.as_str())
         .bind(i16::try_from(pc.args.len()).unwrap_or(i16::MAX))
         .fetch_all(p)
-        .await?;
+        .await?,
+            _ => Vec::new(),
+        }
+        })?;
         Ok(match rows.as_slice() {
             [one] if one.iter().all(|t| Ident::new(t).is_ok()) => Some(one.clone()),
             _ => None,
@@ -707,7 +981,7 @@ impl Db {
     /// [`DbError::Query`].
     pub async fn fetch_strings<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<String>, DbError> {
         let mut tx = self.begin_read().await?;
-        let out = on_backend!(tx.target(), stmt, |sql, values, ex| {
+        let out = bounded!(tx, |t| on_backend!(t, stmt, |sql, values, ex| {
             let rows = sqlx::query_with(AssertSqlSafe(sql), values)
                 .fetch_all(&mut *ex)
                 .await?;
@@ -718,7 +992,7 @@ impl Db {
                 }
             }
             out
-        });
+        }))?;
         drop(tx);
         Ok(out)
     }
@@ -741,26 +1015,28 @@ impl Db {
         q.column(Alias::new(src.value_column.as_str()))
             .from(tn)
             .and_where(Expr::col(Alias::new(src.name_column.as_str())).eq(src.name.clone()));
-        let value: Option<String> = match self {
-            Db::Sqlite(p) => {
+        let mut tx = self.begin_read().await?;
+        let value: Option<String> = bounded!(tx, |t| match t {
+            Target::Sqlite(p) => {
                 let (s, v) = q.build_sqlx(SqliteQueryBuilder);
                 sqlx::query_scalar_with(AssertSqlSafe(s), v)
                     .fetch_optional(p)
                     .await?
             }
-            Db::MySql(p) => {
+            Target::MySql(p) => {
                 let (s, v) = q.build_sqlx(MysqlQueryBuilder);
                 sqlx::query_scalar_with(AssertSqlSafe(s), v)
                     .fetch_optional(p)
                     .await?
             }
-            Db::Postgres(p) => {
+            Target::Postgres(p) => {
                 let (s, v) = q.build_sqlx(PostgresQueryBuilder);
                 sqlx::query_scalar_with(AssertSqlSafe(s), v)
                     .fetch_optional(p)
                     .await?
             }
-        };
+        })?;
+        drop(tx);
         let Some(value) = value
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
@@ -791,13 +1067,10 @@ impl Db {
         Ok(Some(id))
     }
 
-    /// A read-only unit of work (a transaction that is never committed).
+    /// A read-only unit of work: a held connection, each statement its own
+    /// (auto-committed) transaction.
     async fn begin_read(&self) -> Result<Tx, DbError> {
-        Ok(match self {
-            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
-            Db::MySql(p) => Tx::MySql(p.begin().await?),
-            Db::Postgres(p) => Tx::Postgres(p.begin().await?),
-        })
+        self.hold().await
     }
 
     /// Runs a read-only query of 64-bit integers and returns its single row.
@@ -824,28 +1097,67 @@ impl Db {
     /// # Errors
     /// [`DbError::Query`].
     pub async fn server_now(&self) -> Result<Option<DateTime<Utc>>, DbError> {
-        match self {
-            Db::Sqlite(_) => Ok(None),
-            Db::MySql(p) => {
+        if self.backend() == Backend::Sqlite {
+            return Ok(None);
+        }
+        let mut tx = self.hold().await?;
+        bounded!(tx, |t| match t {
+            Target::Sqlite(_) => None,
+            Target::MySql(p) => {
                 let t: chrono::NaiveDateTime = sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
                     .fetch_one(p)
                     .await?;
-                Ok(Some(t.and_utc()))
+                Some(t.and_utc())
             }
-            Db::Postgres(p) => {
+            Target::Postgres(p) => {
                 let t: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(p).await?;
-                Ok(Some(t))
+                Some(t)
             }
-        }
+        })
     }
 
-    /// Closes the pool.
+    /// Closes the pool, waiting at most 5 s for its connections to close gracefully (a
+    /// silent server would keep a graceful close waiting for ever); connections still
+    /// open then are dropped with the pool.
     pub async fn close(&self) {
-        match self {
-            Db::Sqlite(p) => p.close().await,
-            Db::MySql(p) => p.close().await,
-            Db::Postgres(p) => p.close().await,
+        let close = async {
+            match &self.pool {
+                Pool::Sqlite(p) => p.close().await,
+                Pool::MySql(p) => p.close().await,
+                Pool::Postgres(p) => p.close().await,
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::warn!(
+                timeout_s = CLOSE_TIMEOUT.as_secs(),
+                "the database connections did not close in time; they are dropped"
+            );
         }
+    }
+}
+
+/// The server's own bound on a new MySQL/MariaDB session: MariaDB's
+/// `max_statement_time` (seconds, every statement), else MySQL's `max_execution_time`
+/// (milliseconds, SELECT only). Neither is needed for Lethe's own bound, so a server that
+/// has neither is only logged.
+async fn set_mysql_statement_limit(conn: &mut sqlx::MySqlConnection, limit: Duration) {
+    let maria = format!(
+        "SET SESSION max_statement_time = {:.3}",
+        limit.as_secs_f64()
+    );
+    if sqlx::raw_sql(AssertSqlSafe(maria))
+        .execute(&mut *conn)
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    let mysql = format!("SET SESSION max_execution_time = {}", limit.as_millis());
+    if let Err(e) = sqlx::raw_sql(AssertSqlSafe(mysql))
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::debug!(error = %e, "the server takes no statement time limit; Lethe's own applies");
     }
 }
 
@@ -959,7 +1271,7 @@ impl Tx {
         &mut self,
         stmt: &S,
     ) -> Result<Option<Vec<Option<String>>>, DbError> {
-        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+        bounded!(self, |t| on_backend!(t, stmt, |sql, values, ex| {
             match sqlx::query_with(AssertSqlSafe(sql), values)
                 .fetch_optional(&mut *ex)
                 .await?
@@ -985,32 +1297,32 @@ impl Tx {
         &mut self,
         stmt: &mut sea_query::InsertStatement,
     ) -> Result<i64, DbError> {
-        match self {
-            Tx::MySql(t) => {
+        bounded!(self, |t| match t {
+            Target::MySql(t) => {
                 let (sql, values) = stmt.build_sqlx(MysqlQueryBuilder);
                 sqlx::query_with(AssertSqlSafe(sql), values)
-                    .execute(&mut **t)
+                    .execute(&mut *t)
                     .await?;
                 let id: i64 = sqlx::query_scalar("SELECT CAST(LAST_INSERT_ID() AS SIGNED)")
-                    .fetch_one(&mut **t)
+                    .fetch_one(&mut *t)
                     .await?;
-                Ok(id)
+                id
             }
-            Tx::Sqlite(t) => {
+            Target::Sqlite(t) => {
                 stmt.returning_col(sea_query::Alias::new("id"));
                 let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
-                Ok(sqlx::query_scalar_with(AssertSqlSafe(sql), values)
-                    .fetch_one(&mut **t)
-                    .await?)
+                sqlx::query_scalar_with(AssertSqlSafe(sql), values)
+                    .fetch_one(&mut *t)
+                    .await?
             }
-            Tx::Postgres(t) => {
+            Target::Postgres(t) => {
                 stmt.returning_col(sea_query::Alias::new("id"));
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
-                Ok(sqlx::query_scalar_with(AssertSqlSafe(sql), values)
-                    .fetch_one(&mut **t)
-                    .await?)
+                sqlx::query_scalar_with(AssertSqlSafe(sql), values)
+                    .fetch_one(&mut *t)
+                    .await?
             }
-        }
+        })
     }
 }
 
@@ -1074,7 +1386,7 @@ impl Tx {
         &mut self,
         stmt: &S,
     ) -> Result<Vec<Vec<Cell>>, DbError> {
-        Ok(on_backend!(self.target(), stmt, |sql, values, ex| {
+        bounded!(self, |t| on_backend!(t, stmt, |sql, values, ex| {
             let rows = sqlx::query_with(AssertSqlSafe(sql), values)
                 .fetch_all(&mut *ex)
                 .await?;

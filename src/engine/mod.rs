@@ -73,33 +73,83 @@ pub fn safe_db_message(e: &DbError) -> String {
     out
 }
 
-/// How many times a batch that failed with a transient error (connection lost, deadlock,
-/// lock wait timeout, server shutting down) is tried again before the class fails.
-pub const BATCH_RETRIES: u32 = 5;
-
-/// The pause before retry `attempt` (1-based): 0.5 s, 1 s, 2 s, 4 s, 8 s (15.5 s of
-/// pauses). While the server is down each try also waits up to the pool's 10 s acquire
-/// timeout for a connection ([`Db::connect`]), so a run rides out an outage of about a
-/// minute (a batch gave up 65 s after the cut in `tests/it/outage.rs`), enough for a
-/// server restart or a failover; a longer outage fails the run, and the next scheduled
-/// run finishes the work.
+/// The pause before retry `attempt` (1-based): 0.5 s, 1 s, 2 s, 4 s, 8 s, 16 s, then
+/// 32 s for every further one. While the server is down each try also waits up to the
+/// pool's 10 s acquire timeout for a connection ([`Db::connect`]), or up to
+/// `safety.statement_timeout` for an answer, so with the defaults (`safety.retries: 5`,
+/// `safety.retry_for: 1 minute`) a step gives up about 65 s after the database went
+/// away (`tests/it/outage.rs`): enough for a server restart or a failover. A longer
+/// outage fails the run, and the next scheduled run finishes the work.
 pub fn retry_backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis(500u64 << attempt.saturating_sub(1).min(6))
 }
 
+/// The retry budget of one run (`safety.retries`, `safety.retry_for`): a step that
+/// failed with a transient error ([`crate::db::is_transient`]) is tried again after a
+/// [`retry_backoff`] pause, at most `retries` times, and no retry starts later than
+/// `retry_for` after the database began failing. That moment is shared by every step of
+/// the run and cleared by any step that succeeds, so when the database stays away the
+/// steps after the one that gave up (reading a class's count back, closing the run)
+/// fail at their first try instead of starting the budget over.
+#[derive(Debug)]
+pub struct Retry {
+    retries: u32,
+    retry_for: std::time::Duration,
+    failing_since: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Retry {
+    /// The budget of `safety`.
+    pub fn new(safety: &crate::config::Safety) -> Retry {
+        Retry {
+            retries: safety.retries,
+            retry_for: safety.retry_for,
+            failing_since: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn since(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        // A panic elsewhere cannot leave an Option<Instant> half-written.
+        self.failing_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A step succeeded: the database answers again.
+    pub fn succeeded(&self) {
+        *self.since() = None;
+    }
+
+    /// After a transient error in try `attempt` (1-based count of retries so far
+    /// plus one), the pause before the next try, or `None` to give up.
+    pub fn next_pause(&self, attempt: u32) -> Option<std::time::Duration> {
+        let since = *self.since().get_or_insert_with(std::time::Instant::now);
+        if attempt > self.retries {
+            return None;
+        }
+        let pause = retry_backoff(attempt);
+        (since.elapsed() + pause <= self.retry_for).then_some(pause)
+    }
+}
+
 /// Runs `$call` (an async expression giving `Result<T, DbError>`) again after a
-/// transient error, with [`retry_backoff`] pauses, up to [`BATCH_RETRIES`] times; a
-/// cancellation during a pause ends the pass as interrupted. Evaluates to `T`, or
-/// returns the error from the enclosing function.
+/// transient error, as the run's [`Retry`] budget allows; a cancellation during a pause
+/// ends the pass as interrupted. Evaluates to `T`, or returns the error from the
+/// enclosing function.
 macro_rules! retrying {
-    ($run_id:expr, $class:expr, $cancel:expr, $call:expr) => {{
+    ($run_id:expr, $class:expr, $cancel:expr, $retry:expr, $call:expr) => {{
         let mut attempt = 0u32;
         loop {
             match $call.await {
-                Ok(v) => break v,
-                Err(e) if crate::db::is_transient(&e) && attempt < BATCH_RETRIES => {
+                Ok(v) => {
+                    $retry.succeeded();
+                    break v;
+                }
+                Err(e) if crate::db::is_transient(&e) => {
                     attempt += 1;
-                    let pause = retry_backoff(attempt);
+                    let Some(pause) = $retry.next_pause(attempt) else {
+                        return Err(e);
+                    };
                     tracing::warn!(
                         run_id = $run_id,
                         class = %$class.name,
@@ -120,17 +170,17 @@ macro_rules! retrying {
 }
 
 /// [`retrying!`] for the steps of a run around its batches (counting a class, reading
-/// its key range, writing its ledger row, closing the run): the same pauses and number
-/// of tries, so a blip between two batches is ridden out like one inside a batch. A
-/// cancellation during a pause gives up with the error. Each step is safe to repeat:
-/// reads, and ledger updates that set values; opening a class inserts its row, and a
-/// retry after an insert that committed without its answer fails on the duplicate key
-/// (not transient): the run fails, the ledger stays right.
+/// its key range, writing its ledger row, closing the run): the same budget, so a blip
+/// between two batches is ridden out like one inside a batch. A cancellation during a
+/// pause gives up with the error. Each step is safe to repeat: reads, and ledger
+/// updates that set values; opening a class inserts its row, and a retry after an
+/// insert that committed without its answer fails on the duplicate key (not
+/// transient): the run fails, the ledger stays right.
 async fn retrying_step<T, F, Fut>(
     run_id: i64,
     class: &str,
     step: &'static str,
-    cancel: &CancellationToken,
+    (cancel, retry): (&CancellationToken, &Retry),
     mut call: F,
 ) -> Result<T, DbError>
 where
@@ -140,10 +190,15 @@ where
     let mut attempt = 0u32;
     loop {
         match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if crate::db::is_transient(&e) && attempt < BATCH_RETRIES => {
+            Ok(v) => {
+                retry.succeeded();
+                return Ok(v);
+            }
+            Err(e) if crate::db::is_transient(&e) => {
                 attempt += 1;
-                let pause = retry_backoff(attempt);
+                let Some(pause) = retry.next_pause(attempt) else {
+                    return Err(e);
+                };
                 tracing::warn!(
                     run_id,
                     class,
@@ -830,6 +885,7 @@ pub async fn enforce_once(
         ));
     }
     let run_id = ledger::open_run(db, mode, started_at, &policy).await?;
+    let retry = Retry::new(&cfg.safety);
     tracing::info!(run_id, mode = mode.as_str(), "run started");
     let mut classes = Vec::new();
     let mut interrupted = false;
@@ -852,7 +908,8 @@ pub async fn enforce_once(
                 error: Some("not reached: the run was interrupted".into()),
             }
         } else {
-            let (s, was_interrupted) = enforce_class(cfg, db, run_id, pos, class, &b, opts).await?;
+            let (s, was_interrupted) =
+                enforce_class(cfg, db, run_id, (pos, class), &b, opts, &retry).await?;
             interrupted |= was_interrupted;
             s
         };
@@ -868,7 +925,7 @@ pub async fn enforce_once(
         RunStatus::Ok
     };
     let finished_at = Utc::now().max(started_at);
-    retrying_step(run_id, "", "close run", &opts.cancel, || {
+    retrying_step(run_id, "", "close run", (&opts.cancel, &retry), || {
         ledger::close_run(db, run_id, status, finished_at, None)
     })
     .await?;
@@ -890,10 +947,10 @@ async fn enforce_class(
     cfg: &Config,
     db: &Db,
     run_id: i64,
-    pos: usize,
-    class: &ClassDef,
+    (pos, class): (usize, &ClassDef),
     b: &Bindings,
     opts: &RunOptions,
+    retry: &Retry,
 ) -> Result<(ClassSummary, bool), EngineError> {
     let mut s = ClassSummary {
         name: class.name.clone(),
@@ -907,7 +964,7 @@ async fn enforce_class(
         error: None,
     };
     let name = class.name.as_str();
-    let cancel = &opts.cancel;
+    let cancel = (&opts.cancel, retry);
     let first = match retrying_step(run_id, name, "count", cancel, || count(db, class, b)).await {
         Ok(c) => c,
         Err(e) => {
@@ -973,9 +1030,9 @@ async fn enforce_class(
             loop {
                 rounds += 1;
                 let done = if keyless {
-                    limit_pass(cfg, db, run_id, class, b, first.eligible, &opts.cancel).await
+                    limit_pass(cfg, db, run_id, class, b, first.eligible, cancel).await
                 } else {
-                    pass(cfg, db, run_id, class, b, lo, hi, &opts.cancel).await
+                    pass(cfg, db, run_id, class, b, lo, hi, cancel).await
                 };
                 match done {
                     Ok(stopped) => interrupted = stopped,
@@ -1051,11 +1108,12 @@ async fn pass(
     b: &Bindings,
     lo: i64,
     hi: i64,
-    cancel: &CancellationToken,
+    ctl: (&CancellationToken, &Retry),
 ) -> Result<bool, DbError> {
     if class.action == Action::Purge {
-        return purge_pass(cfg, db, run_id, class, b, lo, hi, cancel).await;
+        return purge_pass(cfg, db, run_id, class, b, lo, hi, ctl).await;
     }
+    let (cancel, retry) = ctl;
     let step = i64::from(cfg.safety.batch_size);
     let mut from = lo;
     while from <= hi {
@@ -1063,7 +1121,13 @@ async fn pass(
             return Ok(true);
         }
         let to = from.saturating_add(step);
-        let changed = retrying!(run_id, class, cancel, batch(db, run_id, class, b, from, to));
+        let changed = retrying!(
+            run_id,
+            class,
+            cancel,
+            retry,
+            batch(db, run_id, class, b, from, to)
+        );
         match changed {
             Some(changed) => {
                 tracing::debug!(run_id, class = %class.name, changed, "batch committed");
@@ -1076,6 +1140,7 @@ async fn pass(
                     run_id,
                     class,
                     cancel,
+                    retry,
                     db.read_row_i64(&sql::next_key_query(class, to, b.backend))
                 );
                 match next.first().copied().flatten() {
@@ -1181,8 +1246,9 @@ async fn limit_pass(
     class: &ClassDef,
     b: &Bindings,
     eligible: u64,
-    cancel: &CancellationToken,
+    ctl: (&CancellationToken, &Retry),
 ) -> Result<bool, DbError> {
+    let (cancel, retry) = ctl;
     let limit = u64::from(cfg.safety.batch_size);
     for _ in 0..=eligible.div_ceil(limit) {
         if cancel.is_cancelled() {
@@ -1192,6 +1258,7 @@ async fn limit_pass(
             run_id,
             class,
             cancel,
+            retry,
             limit_batch(db, run_id, class, b, limit)
         );
         tracing::debug!(run_id, class = %class.name, changed, "batch committed");
@@ -1393,7 +1460,7 @@ async fn purge_pass(
     b: &Bindings,
     lo: i64,
     hi: i64,
-    cancel: &CancellationToken,
+    (cancel, retry): (&CancellationToken, &Retry),
 ) -> Result<bool, DbError> {
     let Some(call) = &class.purge else {
         return Err(DbError::Schema(format!(
@@ -1413,6 +1480,7 @@ async fn purge_pass(
             run_id,
             class,
             cancel,
+            retry,
             db.read_i64s(&sql::eligible_keys_query(class, b, from, to))
         );
         for k in keys {
@@ -1423,6 +1491,7 @@ async fn purge_pass(
                 run_id,
                 class,
                 cancel,
+                retry,
                 purge_one(db, run_id, class, call, b, k)
             );
         }
@@ -1435,6 +1504,7 @@ async fn purge_pass(
             run_id,
             class,
             cancel,
+            retry,
             db.read_row_i64(&sql::next_key_query(class, to, b.backend))
         );
         match next.first().copied().flatten() {
@@ -1443,4 +1513,62 @@ async fn purge_pass(
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(retries: u32, retry_for: std::time::Duration) -> Retry {
+        Retry {
+            retries,
+            retry_for,
+            failing_since: std::sync::Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn the_backoff_doubles_from_half_a_second_up_to_32_seconds() {
+        let pauses: Vec<u64> = (1..=9)
+            .map(|a| retry_backoff(a).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            pauses,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 32000, 32000]
+        );
+    }
+
+    #[test]
+    fn retries_stop_after_safety_retries() {
+        let r = budget(3, std::time::Duration::from_secs(3600));
+        let pauses: Vec<_> = (1..=5).map(|a| r.next_pause(a)).collect();
+        assert_eq!(
+            pauses,
+            [
+                Some(retry_backoff(1)),
+                Some(retry_backoff(2)),
+                Some(retry_backoff(3)),
+                None,
+                None
+            ]
+        );
+        assert_eq!(
+            budget(0, std::time::Duration::from_secs(60)).next_pause(1),
+            None
+        );
+    }
+
+    #[test]
+    fn no_retry_starts_after_retry_for_and_a_success_starts_the_clock_again() {
+        // 1.2 s: the first pause (0.5 s) fits, the second (1 s) would start too late.
+        let r = budget(5, std::time::Duration::from_millis(1200));
+        assert_eq!(r.next_pause(1), Some(retry_backoff(1)));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(r.next_pause(2), None, "0.3 s + 1 s pause is past 1.2 s");
+        // Another step, with the database still failing: the clock is shared.
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        assert_eq!(r.next_pause(1), None, "1.1 s + 0.5 s is past 1.2 s");
+        r.succeeded();
+        assert_eq!(r.next_pause(1), Some(retry_backoff(1)));
+    }
 }

@@ -185,3 +185,103 @@ fn a_class_override_adds_to_the_profiles_lists_and_never_replaces_them() {
     assert!(cfg.classes[0].anonymize.is_empty());
     assert!(!cfg.classes[0].exempt.is_empty());
 }
+
+/// `safety.statement_timeout`, `safety.retries` and `safety.retry_for`: defaults, a
+/// value given, and the bounds (the rejected values are files in `tests/bad-config/`).
+#[test]
+fn the_statement_timeout_and_the_retry_budget_are_read_with_their_defaults() {
+    use std::time::Duration;
+    let base = "database:\n  url: \"sqlite://library.db\"\nschedule:\n  cron: \"30 2 * * *\"\n  \
+                timezone: Europe/Paris\nprofile: koha\n";
+    let parse = |extra: &str| {
+        config::parse_str(
+            &format!("{base}{extra}"),
+            "x.yaml",
+            Path::new("/tmp"),
+            &|_| None,
+        )
+    };
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.safety.statement_timeout, Duration::from_secs(300));
+    assert_eq!(cfg.safety.retries, 5);
+    assert_eq!(cfg.safety.retry_for, Duration::from_secs(60));
+    let cfg =
+        parse("safety:\n  statement_timeout: 30 seconds\n  retries: 0\n  retry_for: 1 hour\n")
+            .unwrap();
+    assert_eq!(cfg.safety.statement_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.safety.retries, 0);
+    assert_eq!(cfg.safety.retry_for, Duration::from_secs(3600));
+    // Each bad value is reported, all at once, each at its place.
+    let err = parse("safety:\n  statement_timeout: 61 minutes\n  retries: 21\n  retry_for: soon\n")
+        .unwrap_err();
+    let places: Vec<(String, Option<usize>)> = err
+        .0
+        .iter()
+        .map(|e| (e.path.clone(), e.location.map(|l| l.line)))
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("safety.statement_timeout".to_string(), Some(8)),
+            ("safety.retries".to_string(), Some(9)),
+            ("safety.retry_for".to_string(), Some(10)),
+        ],
+        "{err}"
+    );
+}
+
+/// serde stops at the first structural error; the first one of every other section is
+/// reported too, each at its place.
+///
+/// Regression: a wrong type in `safety` hid an unknown key in `report` and a wrong
+/// type in a class; the administrator fixed one, ran again, and met the next.
+#[test]
+fn structural_errors_in_several_sections_are_all_reported() {
+    let yaml = "database:\n  url: \"sqlite://library.db\"\nschedule:\n  cron: \"30 2 * * *\"\n  \
+                timezone: Europe/Paris\nsafety:\n  batch_size: lots\nreport:\n  outbox: outbox\n  \
+                colour: blue\nprofile: koha\nclasses:\n  circulation_history:\n    retain: [30, days]\n\
+                frobnicate: 1\n";
+    let err = config::parse_str(yaml, "x.yaml", Path::new("/tmp"), &|_| None).unwrap_err();
+    let got: Vec<(String, Option<(usize, usize)>)> = err
+        .0
+        .iter()
+        .map(|e| (e.path.clone(), e.location.map(|l| (l.line, l.column))))
+        .collect();
+    let msg = err.to_string();
+    for (path, line) in [
+        ("safety.batch_size", 7),
+        ("report", 10),
+        ("classes.circulation_history.retain", 14),
+    ] {
+        assert!(
+            got.iter()
+                .any(|(p, l)| p == path && l.is_some_and(|(ln, _)| ln == line)),
+            "{path} at line {line} missing in {got:?}:\n{msg}"
+        );
+    }
+    assert!(msg.contains("frobnicate"), "{msg}");
+    assert!(err.0.iter().all(|e| e.location.is_some()), "{msg}");
+}
+
+/// Regression (found by the config fuzzer): a `%YAML` directive or a `---` after content
+/// starts a second document; serde_yaml's error for a directive has no place, so Lethe
+/// names the line where that document begins.
+#[test]
+fn a_second_document_is_reported_where_it_begins() {
+    // (serde_yaml places the `---` case itself, at the end of the first document.)
+    for (yaml, line) in [
+        ("library: Test\n%YAML 1.2\nprofile: koha\n", 2),
+        (
+            "# policy\nlibrary: Test\nprofile: koha\n---\nschedule: {}\n",
+            2,
+        ),
+    ] {
+        let err = config::parse_str(yaml, "x.yaml", Path::new("/tmp"), &|_| None).unwrap_err();
+        let e = err
+            .0
+            .iter()
+            .find(|e| e.message.contains("more than one document"))
+            .unwrap_or_else(|| panic!("{err}"));
+        assert_eq!(e.location.map(|l| l.line), Some(line), "{err}");
+    }
+}

@@ -7,6 +7,7 @@ mod browser;
 mod canary;
 mod cli;
 mod config;
+mod config_fuzz;
 mod crash;
 mod daemon;
 #[macro_use]
