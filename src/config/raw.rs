@@ -219,9 +219,10 @@ pub struct RawClass {
     /// hours", elapsed time), e.g. "30 days"; at least safety.min_retention.
     pub retain: Option<String>,
     /// What happens to a row past its period: `anonymize`, `pseudonymize` (the patron
-    /// id becomes a keyed pseudonym), `delete`, or `purge` (a function of the library
-    /// system, one row per transaction).
-    #[schemars(extend("enum" = ["anonymize", "pseudonymize", "delete", "purge", null]))]
+    /// id becomes a keyed pseudonym), `aggregate` (counted into monthly statistics, then
+    /// deleted), `delete`, or `purge` (a function of the library system, one row per
+    /// transaction).
+    #[schemars(extend("enum" = ["anonymize", "pseudonymize", "aggregate", "delete", "purge", null]))]
     pub action: Option<String>,
     /// For action anonymize: column name → strategy (`set_null`, `anonymous_patron`,
     /// or `{ set_value: X }`). Added to the profile's.
