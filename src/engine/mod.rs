@@ -1186,15 +1186,10 @@ async fn batch(
             n
         }
         Action::Pseudonymize => {
-            let pseudonyms = match sql::pseudonym_column(class) {
-                Some(col) => {
-                    let ids = tx
-                        .fetch_i64s(&sql::pseudonym_ids_query(class, col, b, &keys))
-                        .await?;
-                    pseudonyms_of(b.pseudonym_key.as_ref(), &ids)
-                }
-                None => Vec::new(),
-            };
+            let pseudonyms = batch_pseudonyms(&mut tx, class, b, |col| {
+                sql::pseudonym_ids_query(class, col, b, &keys)
+            })
+            .await?;
             tx.execute(&sql::anonymize_statement(class, b, &keys, &pseudonyms))
                 .await?
         }
@@ -1285,15 +1280,10 @@ async fn limit_batch(
                 .await?
         }
         Action::Pseudonymize => {
-            let pseudonyms = match sql::pseudonym_column(class) {
-                Some(col) => {
-                    let ids = tx
-                        .fetch_i64s(&sql::limited_pseudonym_ids_query(class, col, b, limit))
-                        .await?;
-                    pseudonyms_of(b.pseudonym_key.as_ref(), &ids)
-                }
-                None => Vec::new(),
-            };
+            let pseudonyms = batch_pseudonyms(&mut tx, class, b, |col| {
+                sql::limited_pseudonym_ids_query(class, col, b, limit)
+            })
+            .await?;
             if pseudonyms.is_empty() {
                 0
             } else {
@@ -1337,6 +1327,22 @@ async fn limit_batch(
     ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
     tx.commit().await?;
     Ok(changed)
+}
+
+/// The pseudonyms of the ids that `ids_query` (given the class's pseudonym column) finds
+/// in a batch's rows, read in the batch's transaction; empty when the class has no
+/// pseudonym column.
+async fn batch_pseudonyms(
+    tx: &mut crate::db::Tx,
+    class: &ClassDef,
+    b: &Bindings,
+    ids_query: impl FnOnce(&crate::config::Ident) -> sea_query::SelectStatement,
+) -> Result<Vec<(i64, i64)>, DbError> {
+    let Some(col) = sql::pseudonym_column(class) else {
+        return Ok(Vec::new());
+    };
+    let ids = tx.fetch_i64s(&ids_query(col)).await?;
+    Ok(pseudonyms_of(b.pseudonym_key.as_ref(), &ids))
 }
 
 /// Adds the deleted `rows` (age and dimensions as text, from
