@@ -21,7 +21,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 use crate::config::raw::{RawClass, RawProfile};
-use crate::config::{Backend, Config, Ident, TableName, EVERGREEN_PROFILE, KOHA_PROFILE};
+use crate::config::{Backend, Config, EVERGREEN_PROFILE, Ident, KOHA_PROFILE, TableName};
 use crate::db::catalog;
 use crate::db::{Db, DbError};
 
@@ -136,7 +136,10 @@ fn idents(names: &[String], what: &str) -> Result<Vec<Ident>, DbError> {
 
 /// Adds `c` to `out` unless already there (same column, any case).
 fn push_unique(out: &mut Vec<Ident>, c: &Ident) {
-    if !out.iter().any(|x| x.as_str().eq_ignore_ascii_case(c.as_str())) {
+    if !out
+        .iter()
+        .any(|x| x.as_str().eq_ignore_ascii_case(c.as_str()))
+    {
         out.push(c.clone());
     }
 }
@@ -261,23 +264,32 @@ pub async fn inventory(cfg: &Config, db: &Db, now: DateTime<Utc>) -> Result<Inve
             let cols = db.columns(&k.table).await?;
             catalog_cache.insert(k.table.clone(), cols);
         }
-        let cols = catalog_cache.get(&k.table).map(Vec::as_slice).unwrap_or(&[]);
+        let cols = catalog_cache
+            .get(&k.table)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let (class, action) = match &k.coverage {
             Coverage::Class { name, action } => (Some(name.clone()), Some(action.to_string())),
             Coverage::Disabled { name } | Coverage::Off { name } => (Some(name.clone()), None),
             _ => (None, None),
         };
         let (status, how) = if cols.is_empty() {
-            ("absent", "absent: the database has no such table".to_string())
+            (
+                "absent",
+                "absent: the database has no such table".to_string(),
+            )
         } else {
             match &k.coverage {
                 Coverage::Class { name, action } => ("covered", format!("class {name} ({action})")),
-                Coverage::Disabled { name } => {
-                    ("disabled", format!("class {name}, disabled in retention.yaml"))
-                }
+                Coverage::Disabled { name } => (
+                    "disabled",
+                    format!("class {name}, disabled in retention.yaml"),
+                ),
                 Coverage::Off { name } => (
                     "off",
-                    format!("class {name}, off in the profile (name it in retention.yaml to turn it on)"),
+                    format!(
+                        "class {name}, off in the profile (name it in retention.yaml to turn it on)"
+                    ),
                 ),
                 Coverage::Otherwise(how) => ("covered_otherwise", how.clone()),
                 Coverage::NotCovered => ("not_covered", "not covered".to_string()),
@@ -344,7 +356,14 @@ impl Inventory {
     /// The aligned table a system administrator reads: one line per row (table,
     /// status, oldest date and age in days, index, columns), then the notes.
     pub fn text(&self) -> String {
-        let head = ["table", "covered by", "oldest", "days", "age indexed", "columns"];
+        let head = [
+            "table",
+            "covered by",
+            "oldest",
+            "days",
+            "age indexed",
+            "columns",
+        ];
         let lines: Vec<[String; 6]> = self
             .tables
             .iter()
@@ -371,7 +390,9 @@ impl Inventory {
                     r.table.clone(),
                     r.how.clone(),
                     oldest,
-                    r.oldest_days.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+                    r.oldest_days
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     indexed,
                     cols,
                 ]

@@ -20,7 +20,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use sea_query::{Alias, Expr, Func, Index, IndexCreateStatement, Query};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{sql, Db, DbError, Target};
+use super::{Db, DbError, Target, sql};
 use crate::config::{Backend, Ident, TableName};
 
 /// The longest index name per backend: PostgreSQL's `NAMEDATALEN - 1` (63 bytes),
@@ -293,10 +293,8 @@ impl Db {
             Target::Sqlite(p) => {
                 let mut q = Query::select();
                 q.expr(Expr::cust("COUNT(*)")).from(sql::table_ref(table));
-                let (s, v) = sea_query_sqlx::SqlxBinder::build_sqlx(
-                    &q,
-                    sea_query::SqliteQueryBuilder,
-                );
+                let (s, v) =
+                    sea_query_sqlx::SqlxBinder::build_sqlx(&q, sea_query::SqliteQueryBuilder);
                 Some(
                     sqlx::query_scalar_with::<_, i64, _>(AssertSqlSafe(s), v)
                         .fetch_one(&mut *p)
@@ -367,15 +365,27 @@ impl Db {
             match t {
                 Target::Sqlite(p) => {
                     let (s, v) = q.build_sqlx(sea_query::SqliteQueryBuilder);
-                    decode!(sqlx::query_with(AssertSqlSafe(s), v).fetch_one(&mut *p).await?)
+                    decode!(
+                        sqlx::query_with(AssertSqlSafe(s), v)
+                            .fetch_one(&mut *p)
+                            .await?
+                    )
                 }
                 Target::MySql(p) => {
                     let (s, v) = q.build_sqlx(sea_query::MysqlQueryBuilder);
-                    decode!(sqlx::query_with(AssertSqlSafe(s), v).fetch_one(&mut *p).await?)
+                    decode!(
+                        sqlx::query_with(AssertSqlSafe(s), v)
+                            .fetch_one(&mut *p)
+                            .await?
+                    )
                 }
                 Target::Postgres(p) => {
                     let (s, v) = q.build_sqlx(sea_query::PostgresQueryBuilder);
-                    decode!(sqlx::query_with(AssertSqlSafe(s), v).fetch_one(&mut *p).await?)
+                    decode!(
+                        sqlx::query_with(AssertSqlSafe(s), v)
+                            .fetch_one(&mut *p)
+                            .await?
+                    )
                 }
             }
         })
@@ -418,7 +428,9 @@ impl Db {
                     .await?;
                 let r = sqlx::raw_sql(AssertSqlSafe(stmt)).execute(&mut *p).await;
                 // Back to the value given at connect.
-                sqlx::raw_sql("RESET statement_timeout").execute(&mut *p).await?;
+                sqlx::raw_sql("RESET statement_timeout")
+                    .execute(&mut *p)
+                    .await?;
                 r?;
             }
         })
@@ -446,10 +458,18 @@ mod tests {
         );
         let c = TableName::new("action.circulation").unwrap();
         assert_eq!(
-            create_statement(Backend::Postgres, &c, &ids(&["xact_finish", "checkin_time"])).unwrap(),
+            create_statement(
+                Backend::Postgres,
+                &c,
+                &ids(&["xact_finish", "checkin_time"])
+            )
+            .unwrap(),
             r#"CREATE INDEX CONCURRENTLY IF NOT EXISTS "lethe_circulation_xact_finish_checkin_time" ON "action"."circulation" ((COALESCE("xact_finish", "checkin_time")))"#
         );
-        assert_eq!(create_statement(Backend::MySql, &t, &ids(&["a", "b"])), None);
+        assert_eq!(
+            create_statement(Backend::MySql, &t, &ids(&["a", "b"])),
+            None
+        );
         assert_eq!(
             create_statement(Backend::Sqlite, &t, &ids(&["a", "b"])).unwrap(),
             r#"CREATE INDEX IF NOT EXISTS "lethe_old_issues_a_b" ON "old_issues" (COALESCE("a", "b"))"#
