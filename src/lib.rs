@@ -4,7 +4,8 @@
 //! in a hash-chained ledger, and emails directors a summary of counts.
 //!
 //! Layout: [`config`] (retention.yaml), [`policy`] (periods and cutoffs), [`db`]
-//! (pools, SQL, schema checks), [`engine`] (plan and enforce), [`ledger`] (the record
+//! (pools, SQL, schema checks, the catalog's indexes), [`inventory`] (where personal data
+//! is and what covers it; index advice), [`engine`] (plan and enforce), [`ledger`] (the record
 //! of runs), [`report`] (the email and outbox), [`schedule`] (the daemon), [`job`] (one
 //! whole run: connect, guard, enforce, report), [`demo`] (the embedded demo library),
 //! [`ops`] (running as a service: systemd notify, man pages and completions, metrics file).
@@ -14,6 +15,7 @@ pub mod consent;
 pub mod db;
 pub mod demo;
 pub mod engine;
+pub mod inventory;
 pub mod job;
 pub mod ledger;
 pub mod legal_hold;

@@ -70,6 +70,19 @@ enum Command {
         /// Consent-check warnings are errors (exit 1).
         #[arg(long)]
         strict: bool,
+        /// Create the indexes the advice names (online where the database can), each
+        /// recorded in the ledger; in safety.mode dry-run, only print them.
+        #[arg(long)]
+        create_indexes: bool,
+    },
+    /// Every table and column the profile knows to hold personal data or usage
+    /// history: the class that covers it (or how it is covered otherwise, or not),
+    /// the date and age of its oldest row, and whether an index serves its age column.
+    /// Changes nothing.
+    Inventory {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Dry run: per class, rows eligible now (or at --as-of) and rows kept by exemption.
     Plan {
@@ -267,7 +280,11 @@ async fn main() -> ExitCode {
     };
     init_logs(cli.log_format);
     let code = match &cli.command {
-        Command::Check { strict } => check(&cli.config, *strict).await,
+        Command::Check {
+            strict,
+            create_indexes,
+        } => check(&cli.config, *strict, *create_indexes).await,
+        Command::Inventory { json } => inventory_cmd(&cli.config, *json).await,
         Command::Plan { json, as_of } => plan(&cli.config, *json, as_of.as_deref()).await,
         Command::Run {
             once,
@@ -368,7 +385,7 @@ fn engine_exit(e: &EngineError) -> u8 {
     }
 }
 
-async fn check(path: &Path, strict: bool) -> u8 {
+async fn check(path: &Path, strict: bool, create_indexes: bool) -> u8 {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(c) => return c,
@@ -455,6 +472,10 @@ async fn check(path: &Path, strict: bool) -> u8 {
             if consent.is_empty() {
                 out!("consent: no setting of the library system works against opt-in");
             }
+            if let Err(code) = index_advice(&cfg, &db, create_indexes).await {
+                db.close().await;
+                return code;
+            }
             for f in &consent {
                 let level = if strict { "error" } else { "warning" };
                 eprintln!("lethe: consent {level}: {}", f.message);
@@ -476,6 +497,95 @@ async fn check(path: &Path, strict: bool) -> u8 {
     };
     db.close().await;
     code
+}
+
+/// The index advice of `check`, and with `create_indexes` the indexes created (or, in
+/// dry-run mode, listed). Advice never fails the check; a failed creation exits 1.
+async fn index_advice(cfg: &Config, db: &Db, create_indexes: bool) -> Result<(), u8> {
+    let advice = match lethe::inventory::index_advice(cfg, db).await {
+        Ok(a) => a,
+        Err(e) => return Err(engine_exit(&e.into())),
+    };
+    if advice.is_empty() {
+        out!("indexes: an index serves every enabled class's age column");
+        return Ok(());
+    }
+    out!(
+        "index advice ({}): no index serves these age columns; counts and batches scan the table",
+        advice.len()
+    );
+    let width = advice.iter().map(|a| a.class.len()).max().unwrap_or(0);
+    for a in &advice {
+        let rows = a
+            .rows
+            .map(|n| format!("~{n} rows scanned"))
+            .unwrap_or_else(|| "rows unknown".into());
+        out!("  {:<width$}  {}  {rows}", a.class, a.target());
+        match (&a.statement, &a.note) {
+            (Some(s), _) => out!("  {:<width$}    {s};", ""),
+            (None, Some(n)) => out!("  {:<width$}    {n}", ""),
+            (None, None) => {}
+        }
+    }
+    if !create_indexes {
+        if advice.iter().any(|a| a.statement.is_some()) {
+            out!("  (lethe check --create-indexes creates them)");
+        }
+        return Ok(());
+    }
+    if cfg.safety.mode == lethe::summary::Mode::DryRun {
+        for a in advice.iter().filter(|a| a.statement.is_some()) {
+            out!(
+                "dry run (safety.mode): would create index {} on {}",
+                a.index,
+                a.target()
+            );
+        }
+        return Ok(());
+    }
+    match lethe::inventory::create_indexes(db, &advice).await {
+        Ok(created) => {
+            for c in &created {
+                out!(
+                    "created index {} on {} (ledger entry {})",
+                    c.advice.index,
+                    c.advice.target(),
+                    c.ledger_entry
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("lethe: creating an index failed: {e}");
+            Err(1)
+        }
+    }
+}
+
+/// `lethe inventory`.
+async fn inventory_cmd(path: &Path, json: bool) -> u8 {
+    let (cfg, db) = match load_and_connect(path).await {
+        Ok(x) => x,
+        Err(c) => return c,
+    };
+    let r = lethe::inventory::inventory(&cfg, &db, Utc::now()).await;
+    db.close().await;
+    match r {
+        Ok(inv) if json => {
+            out!("{}", serde_json::to_string(&inv).unwrap_or_default());
+            0
+        }
+        Ok(inv) => {
+            out_raw!("{}", inv.text());
+            0
+        }
+        Err(e) => {
+            if json {
+                out!("{}", serde_json::json!({ "error": e.to_string() }));
+            }
+            engine_exit(&e.into())
+        }
+    }
 }
 
 /// Parses `--as-of` as a local time in the library's zone.
@@ -931,6 +1041,9 @@ async fn ledger_on(db: &Db, command: &LedgerCommand) -> Result<u8, lethe::db::Db
             );
             if let Some(err) = &e.error {
                 out!("error: {err}");
+            }
+            if let Some(ev) = &e.event {
+                out!("{} {ev}", e.kind);
             }
             for c in &e.classes {
                 out!(

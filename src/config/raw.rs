@@ -503,6 +503,29 @@ pub struct RawProfile {
     pub anonymous_patron: Option<RawAnonymousPatron>,
     /// The classes.
     pub classes: IndexMap<String, RawClass>,
+    /// Other tables of the system that hold personal data or usage history, and how
+    /// they are covered when no class of the profile is: read by `lethe inventory`
+    /// only (never by the engine). Profile-only: `retention.yaml` has no such key.
+    #[serde(default)]
+    pub inventory: Vec<RawInventoryTable>,
+}
+
+/// One entry of a profile's `inventory:` section: a table that holds personal data or
+/// usage history, as the system's own schema documents it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawInventoryTable {
+    /// The table: a plain SQL name, or schema.table.
+    pub table: String,
+    /// Its columns that hold personal data or name a patron.
+    pub columns: Vec<String>,
+    /// The date column(s) of the row's age (several: the first non-NULL), if it has
+    /// one; `lethe inventory` reports the oldest value and whether an index serves it.
+    #[serde(default)]
+    pub age: Vec<String>,
+    /// How the rows are removed without a class of their own, in plain words (e.g.
+    /// "deleted with the patron (ON DELETE CASCADE)"); absent: not covered.
+    pub covered: Option<String>,
 }
 
 /// One top-level section alone: the other keys are ignored, so that reading it stops

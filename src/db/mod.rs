@@ -313,6 +313,9 @@ macro_rules! bounded {
     }};
 }
 
+// After the macros, which it uses.
+pub mod catalog;
+
 enum Target<'a> {
     Sqlite(&'a mut sqlx::SqliteConnection),
     MySql(&'a mut sqlx::MySqlConnection),

@@ -49,7 +49,8 @@ pub struct LedgerEntry {
     /// Entry id (increasing).
     pub id: i64,
     /// `run`; `config-change`: the effective policy changed since the previous entry;
-    /// `legal-hold`: a legal hold was placed or released.
+    /// `legal-hold`: a legal hold was placed or released; `index-created`: `lethe check
+    /// --create-indexes` created an index on a library table.
     pub kind: String,
     /// Host that ran it.
     pub host: String,
@@ -70,7 +71,8 @@ pub struct LedgerEntry {
     /// Why the run failed, if it did.
     pub error: Option<String>,
     /// For a `legal-hold` entry: the event as canonical JSON (`{"action":"placed",
-    /// "case":…, "hold":…}`; never the patron). Absent for other entries, so that the
+    /// "case":…, "hold":…}`; never the patron); for `index-created`, `{"class":…,
+    /// "columns":[…], "index":…, "table":…}`. Absent for other entries, so that the
     /// hashes of entries written before this field existed are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,

@@ -78,7 +78,7 @@ pub async fn record_policy_change(
     let mut last = Query::select();
     last.column(t("policy_sha256"))
         .from(t("lethe_runs"))
-        .and_where(Expr::col(t("kind")).ne("legal-hold"))
+        .and_where(Expr::col(t("kind")).is_not_in(["legal-hold", "index-created"]))
         .order_by(t("id"), Order::Desc)
         .limit(1);
     let mut tx = db.begin().await?;
@@ -133,6 +133,23 @@ pub async fn record_legal_hold_event(
     status: &str,
     event: &str,
 ) -> Result<i64, DbError> {
+    record_event(tx, "legal-hold", status, event).await
+}
+
+/// Appends an `index-created` entry to the chain inside the caller's transaction:
+/// `lethe check --create-indexes` created an index on a library table. `event` is
+/// canonical JSON naming the class, table, columns and index (no patron data). Its
+/// status is `ok`.
+///
+/// # Errors
+/// [`DbError`].
+pub async fn record_index_created(tx: &mut Tx, event: &str) -> Result<i64, DbError> {
+    record_event(tx, "index-created", "ok", event).await
+}
+
+/// An event entry of `kind` (no run, no policy: the policy fields hold the hash of
+/// nothing), sealed into the chain.
+async fn record_event(tx: &mut Tx, kind: &str, status: &str, event: &str) -> Result<i64, DbError> {
     let now = rfc3339(Utc::now());
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let mut ins = Query::insert();
@@ -150,7 +167,7 @@ pub async fn record_legal_hold_event(
             t("event"),
         ])
         .values_panic([
-            "legal-hold".into(),
+            kind.into(),
             host.into(),
             env!("CARGO_PKG_VERSION").into(),
             "-".into(),

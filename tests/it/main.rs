@@ -15,6 +15,7 @@ mod engine;
 mod consent;
 mod evergreen;
 mod evergreen_fixture;
+mod inventory;
 mod keyless;
 mod ledger;
 mod legal_hold;
