@@ -43,7 +43,7 @@ pub struct BatchSizer {
 impl BatchSizer {
     /// A sizer that starts at `start` and stays within `[min, max]` (`min` at least 1;
     /// `start` is clamped into the bounds, and `max` raised to `min` if below it),
-    /// steering each batch transaction toward `target` (a zero target is read as 1 ms).
+    /// steering each batch transaction toward `target` (a zero target is read as 1 ns).
     pub fn new(start: u32, (min, max): (u32, u32), target: Duration) -> BatchSizer {
         let min = min.max(1);
         let max = max.max(min);
@@ -51,7 +51,7 @@ impl BatchSizer {
             size: start.clamp(min, max),
             min,
             max,
-            target: target.max(Duration::from_millis(1)),
+            target: target.max(Duration::from_nanos(1)),
         }
     }
 
