@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::db::lock::RunLock;
 use crate::engine::{self, EngineError, RunOptions};
+use crate::progress::Progress;
 use crate::report::{self, Delivery};
 use crate::summary::{Mode, RunStatus, RunSummary};
 
@@ -72,8 +73,22 @@ pub async fn run_once(
     allow_large: bool,
     cancel: CancellationToken,
 ) -> Result<JobOutcome, EngineError> {
+    run_once_with(cfg, allow_large, cancel, Progress::log()).await
+}
+
+/// [`run_once`], showing progress as `progress` says (bars on a terminal for
+/// `run --once`; [`run_once`] logs it, as the daemon does).
+///
+/// # Errors
+/// As [`run_once`].
+pub async fn run_once_with(
+    cfg: &Config,
+    allow_large: bool,
+    cancel: CancellationToken,
+    progress: Progress,
+) -> Result<JobOutcome, EngineError> {
     let now = Utc::now();
-    match enforce(cfg, allow_large, cancel, now).await {
+    match enforce(cfg, allow_large, cancel, now, progress).await {
         Ok(summary) if summary.status == RunStatus::Skipped => {
             let metrics = write_metrics(cfg, &summary, true).await;
             Ok(JobOutcome {
@@ -227,6 +242,7 @@ async fn enforce(
     allow_large: bool,
     cancel: CancellationToken,
     now: chrono::DateTime<Utc>,
+    progress: Progress,
 ) -> Result<RunSummary, EngineError> {
     let db = Db::connect(cfg).await?;
     let result = async {
@@ -248,6 +264,7 @@ async fn enforce(
             allow_large,
             now,
             cancel: run_cancel,
+            progress,
         };
         let run = async {
             db.migrate().await?;

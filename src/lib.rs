@@ -7,7 +7,8 @@
 //! (pools, SQL, schema checks, the catalog's indexes), [`inventory`] (where personal data
 //! is and what covers it; index advice), [`engine`] (plan and enforce), [`ledger`] (the record
 //! of runs), [`report`] (the email and outbox), [`schedule`] (the daemon), [`job`] (one
-//! whole run: connect, guard, enforce, report), [`demo`] (the embedded demo library),
+//! whole run: connect, guard, enforce, report), [`progress`] (bars on a terminal,
+//! progress events in the logs), [`demo`] (the embedded demo library),
 //! [`ops`] (running as a service: systemd notify, man pages and completions, metrics file).
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod ledger;
 pub mod legal_hold;
 pub mod ops;
 pub mod policy;
+pub mod progress;
 pub mod pseudonym;
 pub mod publish;
 pub mod report;

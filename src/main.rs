@@ -255,7 +255,9 @@ fn init_logs(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        // Through the progress bars, when `run --once` shows them: each line lifts
+        // them off the screen and they are drawn again below it.
+        .with_writer(lethe::progress::stderr_writer)
         // When stderr breaks (journald restarted, `lethe run 2>&1 | head`), the
         // subscriber's own report of the failed write is an eprintln!, which panics in
         // whatever task was logging: the run crashed half-way, or hung deaf to SIGTERM.
@@ -290,8 +292,13 @@ async fn main() -> ExitCode {
             once,
             json,
             allow_large,
-        } => run(&cli.config, *once, *json, *allow_large).await,
-        Command::Demo { dir } => demo_cmd(&cli.config, dir).await,
+        } => {
+            let json_logs = matches!(cli.log_format, LogFormat::Json);
+            run(&cli.config, *once, *json, *allow_large, json_logs).await
+        }
+        Command::Demo { dir } => {
+            demo_cmd(&cli.config, dir, matches!(cli.log_format, LogFormat::Json)).await
+        }
         Command::Ledger { command } => ledger_cmd(&cli.config, command).await,
         Command::Hold { command } => hold_cmd(&cli.config, command).await,
         Command::Verify { json } => verify_cmd(&cli.config, *json).await,
@@ -674,7 +681,7 @@ fn shutdown_token() -> CancellationToken {
     token
 }
 
-async fn run(path: &Path, once: bool, json: bool, allow_large: bool) -> u8 {
+async fn run(path: &Path, once: bool, json: bool, allow_large: bool, json_logs: bool) -> u8 {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(c) => return c,
@@ -705,7 +712,9 @@ async fn run(path: &Path, once: bool, json: bool, allow_large: bool) -> u8 {
             }
         };
     }
-    match job::run_once(&cfg, allow_large, cancel).await {
+    // On a terminal, a bar per class; otherwise progress events in the log.
+    let progress = lethe::progress::Progress::for_run_once(json, json_logs);
+    match job::run_once_with(&cfg, allow_large, cancel, progress).await {
         Ok(outcome) => {
             print_summary(&outcome.summary, json, "run");
             // Another worker holds the run lock: nothing done, no report, exit 0 (1
@@ -853,7 +862,7 @@ fn print_summary(s: &RunSummary, json: bool, what: &str) {
     }
 }
 
-async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
+async fn demo_cmd(config_path: &Path, dir: &Path, json_logs: bool) -> u8 {
     // The demo uses the given retention.yaml if present, else the shipped one, and
     // always points it at the demo library and outbox under DIR.
     let text = match std::fs::read_to_string(config_path) {
@@ -913,7 +922,8 @@ async fn demo_cmd(config_path: &Path, dir: &Path) -> u8 {
     cfg.report.outbox = outbox;
     cfg.report.smtp = None;
     let cancel = shutdown_token();
-    match job::run_once(&cfg, true, cancel).await {
+    let progress = lethe::progress::Progress::for_run_once(false, json_logs);
+    match job::run_once_with(&cfg, true, cancel, progress).await {
         Ok(outcome) => {
             print_summary(&outcome.summary, false, "demo run");
             print_delivery(outcome.delivery.as_ref());

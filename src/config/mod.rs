@@ -194,8 +194,25 @@ pub struct Schedule {
 pub struct Safety {
     /// Enforce or dry run.
     pub mode: Mode,
-    /// Keys per batch transaction (1..=10,000; default 1000).
+    /// The size of the first batch of each pass (1..=10,000; default 1000): keys of
+    /// the primary-key range one transaction covers, or the row limit of a table
+    /// without a key. From there the size adapts ([`crate::engine::BatchSizer`]) to
+    /// keep each batch transaction near `batch_target`, between
+    /// [`Safety::batch_bounds`]. Purge classes ignore the adaptation: they purge one
+    /// row per transaction and read their keys in ranges of this size.
     pub batch_size: u32,
+    /// The duration one batch transaction (BEGIN to COMMIT) should take: 10 ms to
+    /// 10 s, default 100 ms. A batch slower than this shrinks the next one (at once,
+    /// at most by half a batch); a faster one lets the next grow (gradually, at most
+    /// by a quarter), within the bounds.
+    pub batch_target: Duration,
+    /// The smallest size adaptation may choose, as written (1..=10,000); `None`: 100,
+    /// or `batch_size` when that is smaller. Read it through [`Safety::batch_bounds`].
+    pub batch_min: Option<u32>,
+    /// The largest size adaptation may choose, as written (1..=10,000); `None`:
+    /// `batch_size`, so that a batch never covers more keys than configured unless the
+    /// administrator opts in to larger ones. Read it through [`Safety::batch_bounds`].
+    pub batch_max: Option<u32>,
     /// Largest share of a table one class may change in a run (default 0.5).
     pub max_fraction: f64,
     /// Largest clock difference between this host and the database (default 5 minutes).
@@ -223,6 +240,25 @@ pub struct Safety {
     /// plus one try's wait (the pool's 10 s acquire timeout, or `statement_timeout`)
     /// after the outage began.
     pub retry_for: Duration,
+}
+
+impl Safety {
+    /// The smallest and the largest batch size adaptation may choose, both counted like
+    /// `batch_size` (keys of a range, or rows of a row-limited batch):
+    /// `(batch_min or min(100, batch_size), batch_max or batch_size)`. Validation keeps
+    /// `batch_min <= batch_size <= batch_max` for values written in the file; for a
+    /// `Safety` changed in code the bounds are widened to hold `batch_size`, so the
+    /// first batch is always the configured size. The default upper bound is
+    /// `batch_size` itself: with `batch_size` alone in the file, batches only shrink
+    /// below it when they are slow, never grow past it (opt in to growth with
+    /// `batch_max`). 10,000 is the ceiling of every bound because each batch binds its
+    /// keys as parameters (SQLite allows 32,766 a statement, and a pseudonymizing batch
+    /// binds three per key).
+    pub fn batch_bounds(&self) -> (u32, u32) {
+        let min = self.batch_min.unwrap_or(self.batch_size.min(100));
+        let max = self.batch_max.unwrap_or(self.batch_size);
+        (min.min(self.batch_size).max(1), max.max(self.batch_size))
+    }
 }
 
 /// How the age column is compared with the cutoff.
@@ -1332,6 +1368,42 @@ impl Validator<'_> {
                 1000
             }
         };
+        let mut bound = |key: &str, value: Option<i64>| match value {
+            None => None,
+            Some(n) if (1..=10_000).contains(&n) => Some(n as u32),
+            Some(_) => {
+                self.err(key, "must be between 1 and 10000");
+                ok = false;
+                None
+            }
+        };
+        let batch_min = bound("safety.batch_min", s.batch_min);
+        let batch_max = bound("safety.batch_max", s.batch_max);
+        if let Some(min) = batch_min.filter(|m| *m > batch_size) {
+            self.err(
+                "safety.batch_min",
+                format!("{min} is larger than safety.batch_size ({batch_size})"),
+            );
+            ok = false;
+        }
+        if let Some(max) = batch_max.filter(|m| *m < batch_size) {
+            self.err(
+                "safety.batch_max",
+                format!("{max} is smaller than safety.batch_size ({batch_size})"),
+            );
+            ok = false;
+        }
+        let batch_target = match s.batch_target.as_deref() {
+            None => DEFAULT_BATCH_TARGET,
+            Some(t) => match parse_batch_target(t) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err("safety.batch_target", e);
+                    ok = false;
+                    DEFAULT_BATCH_TARGET
+                }
+            },
+        };
         let max_fraction = match s.max_fraction {
             None => 0.5,
             Some(f) if f > 0.0 && f <= 1.0 => f,
@@ -1419,6 +1491,9 @@ impl Validator<'_> {
         ok.then_some(Safety {
             mode,
             batch_size,
+            batch_target,
+            batch_min,
+            batch_max,
             max_fraction,
             max_clock_skew,
             min_retention,
@@ -2452,6 +2527,35 @@ fn merge_class(base: &mut RawClass, mut over: RawClass) {
         aggregate
     );
     extend!(scope, immediate, exempt, delete_with, triggers, purged);
+}
+
+/// The default of `safety.batch_target`: 100 ms, short enough that a checkout at the
+/// circulation desk waiting on a row lock does not notice (issue 7).
+pub const DEFAULT_BATCH_TARGET: Duration = Duration::from_millis(100);
+
+/// Parses `safety.batch_target`: a whole number of milliseconds or seconds, with or
+/// without a space (`"100ms"`, `"250 milliseconds"`, `"2 seconds"`, `"1s"`), from
+/// 10 ms to 10 s.
+///
+/// # Errors
+/// A message for the config error list: not such a duration, or out of bounds.
+pub fn parse_batch_target(s: &str) -> Result<Duration, String> {
+    let msg = || {
+        "expected a duration such as \"100ms\", \"250 milliseconds\" or \"2 seconds\"".to_string()
+    };
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().map_err(|_| msg())?;
+    let ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" | "millisecond" | "milliseconds" => n,
+        "s" | "second" | "seconds" => n.saturating_mul(1000),
+        _ => return Err(msg()),
+    };
+    if !(10..=10_000).contains(&ms) {
+        return Err("must be between 10 milliseconds and 10 seconds".into());
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 /// Parses a short duration such as "5 minutes", "30 seconds", "1 hour".

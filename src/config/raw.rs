@@ -97,9 +97,17 @@ pub struct RawSafety {
     /// nothing). Default: enforce.
     #[schemars(extend("enum" = ["enforce", "dry-run", "dry_run", null]))]
     pub mode: Option<String>,
-    /// Keys per batch transaction, 1 to 10000. Default: 1000.
+    /// Size of the first batch of each pass, 1 to 10000: keys of the primary-key range one transaction covers (rows, for a table without a key). From there the size adapts to keep each transaction near batch_target, between batch_min and batch_max. Default: 1000.
     #[schemars(range(min = 1, max = 10000))]
     pub batch_size: Option<i64>,
+    /// How long one batch transaction (BEGIN to COMMIT) should take, 10 ms to 10 s, e.g. "100ms" or "2 seconds": a slower batch makes the next smaller at once, a faster one lets it grow gradually. Default: 100ms.
+    pub batch_target: Option<String>,
+    /// Smallest batch size adaptation may choose, 1 to 10000, at most batch_size. Default: 100, or batch_size when smaller.
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_min: Option<i64>,
+    /// Largest batch size adaptation may choose, 1 to 10000, at least batch_size. Default: batch_size (batches grow past it only when this is set higher).
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_max: Option<i64>,
     /// Circuit breaker: the largest share of a table one class may change in one run,
     /// greater than 0 and at most 1 (0.5 = half). Default: 0.5.
     #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 1))]

@@ -4,14 +4,21 @@
 //! One class in a run: compute the cutoff; count eligible and kept rows in one scan;
 //! trip the circuit breaker if the class would change more than `safety.max_fraction`
 //! of its table (unless the administrator passed `--allow-large`); then walk the
-//! primary key in ranges of `safety.batch_size`: each range selects its eligible keys
-//! (locked), changes them, and adds the count to the ledger in one transaction. After a
+//! primary key in ranges (the first `safety.batch_size` keys wide, then adapted to keep
+//! each transaction near `safety.batch_target`, [`BatchSizer`]): each range selects its
+//! eligible keys (locked), changes them, and adds the count to the ledger in one
+//! transaction. After a
 //! pass the class is counted again; when its own changes made more rows eligible (a
 //! deleted child leaves its guarantor unprotected) it goes round again, up to
 //! `safety.max_rounds`, so a run ends at a fixed point: right after it, `plan` shows 0
 //! eligible and a second run changes nothing.
 
+mod adaptive;
+
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+pub use adaptive::BatchSizer;
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +30,7 @@ use crate::db::sql::{self, Bindings};
 use crate::db::{Db, DbError};
 use crate::ledger;
 use crate::policy;
+use crate::progress::{ClassProgress, Progress};
 use crate::summary::{Action, ClassStatus, ClassSummary, Kept, Mode, RunStatus, RunSummary};
 
 /// Why the engine stopped before or outside any class.
@@ -678,6 +686,21 @@ pub struct RunOptions {
     /// Cancelled by SIGTERM/SIGINT: the current batch commits, the run is recorded as
     /// interrupted.
     pub cancel: CancellationToken,
+    /// How progress is shown while a class changes rows: bars on a terminal, or
+    /// `progress` events in the log ([`Progress::log`], the default).
+    pub progress: Progress,
+}
+
+impl RunOptions {
+    /// Options of a run at `now`, progress in the log.
+    pub fn new(allow_large: bool, now: DateTime<Utc>, cancel: CancellationToken) -> RunOptions {
+        RunOptions {
+            allow_large,
+            now,
+            cancel,
+            progress: Progress::default(),
+        }
+    }
 }
 
 fn scalar_json(v: &Scalar) -> serde_json::Value {
@@ -1027,12 +1050,14 @@ async fn enforce_class(
             tracing::warn!(run_id, class = %class.name, eligible = first.eligible, total, "circuit breaker tripped");
         } else if let (Some(lo), Some(hi)) = (lo, hi) {
             let mut rounds = 0u32;
+            let mut progress = opts.progress.class(run_id, name, first.eligible);
+            let mut eligible = first.eligible;
             loop {
                 rounds += 1;
                 let done = if keyless {
-                    limit_pass(cfg, db, run_id, class, b, first.eligible, cancel).await
+                    limit_pass(cfg, db, run_id, class, b, eligible, cancel, &mut progress).await
                 } else {
-                    pass(cfg, db, run_id, class, b, lo, hi, cancel).await
+                    pass(cfg, db, run_id, class, b, lo, hi, cancel, &mut progress).await
                 };
                 match done {
                     Ok(stopped) => interrupted = stopped,
@@ -1064,6 +1089,8 @@ async fn enforce_class(
                 // Rows made eligible by this class's own changes (or by the library
                 // meanwhile): counted, then changed in the next round.
                 s.eligible += after.eligible;
+                eligible = after.eligible;
+                progress.add_eligible(after.eligible);
             }
         }
     }
@@ -1097,8 +1124,24 @@ async fn enforce_class(
     Ok((s, interrupted))
 }
 
-/// One pass over the key range `[lo, hi]` in batches. Returns whether it stopped
-/// early because of cancellation.
+/// The `"batch committed"` debug event of one batch transaction: the rows it changed,
+/// `batch_ms` (milliseconds from BEGIN to COMMIT, the time its rows stayed locked) and
+/// `batch_size` (the key-range width or row limit it used). The benchmark harness
+/// reads these two names: keep them.
+fn batch_committed(run_id: i64, class: &ClassDef, changed: u64, size: u32, took: Duration) {
+    tracing::debug!(
+        run_id,
+        class = %class.name,
+        changed,
+        batch_ms = took.as_secs_f64() * 1000.0,
+        batch_size = size,
+        "batch committed"
+    );
+}
+
+/// One pass over the key range `[lo, hi]` in batches, each range as wide as the
+/// class's [`BatchSizer`] says (the first `safety.batch_size` keys). Returns whether it
+/// stopped early because of cancellation.
 #[allow(clippy::too_many_arguments)]
 async fn pass(
     cfg: &Config,
@@ -1109,18 +1152,20 @@ async fn pass(
     lo: i64,
     hi: i64,
     ctl: (&CancellationToken, &Retry),
+    progress: &mut ClassProgress,
 ) -> Result<bool, DbError> {
     if class.action == Action::Purge {
-        return purge_pass(cfg, db, run_id, class, b, lo, hi, ctl).await;
+        return purge_pass(cfg, db, run_id, class, b, lo, hi, ctl, progress).await;
     }
     let (cancel, retry) = ctl;
-    let step = i64::from(cfg.safety.batch_size);
+    let mut sizer = BatchSizer::of(&cfg.safety);
     let mut from = lo;
     while from <= hi {
         if cancel.is_cancelled() {
             return Ok(true);
         }
-        let to = from.saturating_add(step);
+        let size = sizer.size();
+        let to = from.saturating_add(i64::from(size));
         let changed = retrying!(
             run_id,
             class,
@@ -1129,8 +1174,10 @@ async fn pass(
             batch(db, run_id, class, b, from, to)
         );
         match changed {
-            Some(changed) => {
-                tracing::debug!(run_id, class = %class.name, changed, "batch committed");
+            Some((changed, took)) => {
+                batch_committed(run_id, class, changed, size, took);
+                progress.add(changed);
+                sizer.record(took);
                 from = to;
             }
             None => {
@@ -1154,9 +1201,10 @@ async fn pass(
 }
 
 /// One batch transaction over the keys in `[from, to)`: select the eligible keys
-/// (locked), change them, add the count to the ledger, commit. `None` when no key in
-/// the range is eligible (nothing written). Safe to run again after any error: a batch
-/// that committed is no longer eligible, and its ledger count committed with it.
+/// (locked), change them, add the count to the ledger, commit. Returns the rows changed
+/// and the time from BEGIN to COMMIT; `None` when no key in the range is eligible
+/// (nothing written). Safe to run again after any error: a batch that committed is no
+/// longer eligible, and its ledger count committed with it.
 async fn batch(
     db: &Db,
     run_id: i64,
@@ -1164,7 +1212,8 @@ async fn batch(
     b: &Bindings,
     from: i64,
     to: i64,
-) -> Result<Option<u64>, DbError> {
+) -> Result<Option<(u64, Duration)>, DbError> {
+    let began = Instant::now();
     let mut tx = db.begin().await?;
     let keys = tx
         .fetch_i64s(&sql::batch_keys_query(class, b, from, to))
@@ -1226,14 +1275,15 @@ async fn batch(
     };
     ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
     tx.commit().await?;
-    Ok(Some(changed))
+    Ok(Some((changed, began.elapsed())))
 }
 
-/// One pass over a table without a key (MySQL, PostgreSQL): batches of at most
-/// `safety.batch_size` eligible rows until a batch finds none, and at most one batch
-/// more than `eligible` needs (a changed row stops being eligible, so this bounds a
-/// pass that would otherwise not end; the round loop then counts again). Returns
-/// whether it stopped early because of cancellation.
+/// One pass over a table without a key (MySQL, PostgreSQL): batches of at most as many
+/// eligible rows as the class's [`BatchSizer`] says (the first `safety.batch_size`),
+/// until a batch finds none or the pass has changed `eligible` rows (a changed row
+/// stops being eligible, so this bounds a pass that would otherwise not end; the round
+/// loop then counts again). Returns whether it stopped early because of cancellation.
+#[allow(clippy::too_many_arguments)]
 async fn limit_pass(
     cfg: &Config,
     db: &Db,
@@ -1242,37 +1292,45 @@ async fn limit_pass(
     b: &Bindings,
     eligible: u64,
     ctl: (&CancellationToken, &Retry),
+    progress: &mut ClassProgress,
 ) -> Result<bool, DbError> {
     let (cancel, retry) = ctl;
-    let limit = u64::from(cfg.safety.batch_size);
-    for _ in 0..=eligible.div_ceil(limit) {
+    let mut sizer = BatchSizer::of(&cfg.safety);
+    let mut total = 0u64;
+    while total < eligible {
         if cancel.is_cancelled() {
             return Ok(true);
         }
-        let changed = retrying!(
+        let size = sizer.size();
+        let (changed, took) = retrying!(
             run_id,
             class,
             cancel,
             retry,
-            limit_batch(db, run_id, class, b, limit)
+            limit_batch(db, run_id, class, b, u64::from(size))
         );
-        tracing::debug!(run_id, class = %class.name, changed, "batch committed");
+        batch_committed(run_id, class, changed, size, took);
         if changed == 0 {
             break;
         }
+        total += changed;
+        progress.add(changed);
+        sizer.record(took);
     }
     Ok(false)
 }
 
 /// One row-limit batch transaction: change at most `limit` eligible rows, add the count
-/// to the ledger, commit (nothing is written when no row is eligible).
+/// to the ledger, commit (nothing is written when no row is eligible). Returns the rows
+/// changed and the time from BEGIN to COMMIT (to the rollback, when none was changed).
 async fn limit_batch(
     db: &Db,
     run_id: i64,
     class: &ClassDef,
     b: &Bindings,
     limit: u64,
-) -> Result<u64, DbError> {
+) -> Result<(u64, Duration), DbError> {
+    let began = Instant::now();
     let mut tx = db.begin().await?;
     let changed = match class.action {
         Action::Anonymize => {
@@ -1322,11 +1380,11 @@ async fn limit_batch(
         Action::Purge => 0,
     };
     if changed == 0 {
-        return Ok(0);
+        return Ok((0, began.elapsed()));
     }
     ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
     tx.commit().await?;
-    Ok(changed)
+    Ok((changed, began.elapsed()))
 }
 
 /// The pseudonyms of the ids that `ids_query` (given the class's pseudonym column) finds
@@ -1457,6 +1515,9 @@ async fn purge_one(
 /// In that transaction the row is locked and checked again, the function is called, the
 /// class's `delete_with` rows (traces the function leaves, such as audit rows) are
 /// deleted, and the ledger counts one. Returns whether it stopped early on cancellation.
+///
+/// Batch sizes do not adapt here: each transaction already holds one patron, and the
+/// ranges of `safety.batch_size` keys are read without locks.
 #[allow(clippy::too_many_arguments)]
 async fn purge_pass(
     cfg: &Config,
@@ -1467,6 +1528,7 @@ async fn purge_pass(
     lo: i64,
     hi: i64,
     (cancel, retry): (&CancellationToken, &Retry),
+    progress: &mut ClassProgress,
 ) -> Result<bool, DbError> {
     let Some(call) = &class.purge else {
         return Err(DbError::Schema(format!(
@@ -1493,13 +1555,14 @@ async fn purge_pass(
             if cancel.is_cancelled() {
                 return Ok(true);
             }
-            retrying!(
+            let purged = retrying!(
                 run_id,
                 class,
                 cancel,
                 retry,
                 purge_one(db, run_id, class, call, b, k)
             );
+            progress.add(u64::from(purged));
         }
         tracing::debug!(run_id, class = %class.name, "purge range committed");
         if to > hi {

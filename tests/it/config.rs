@@ -230,6 +230,90 @@ fn the_statement_timeout_and_the_retry_budget_are_read_with_their_defaults() {
     );
 }
 
+/// `safety.batch_target`, `batch_min` and `batch_max`: defaults, the forms a target is
+/// written in, the bounds each default derives from `batch_size`, and every bad value
+/// reported at its place (more rejected values are files in `tests/bad-config/`).
+#[test]
+fn adaptive_batch_settings_are_read_with_their_defaults_and_bounds() {
+    use std::time::Duration;
+    let base = "database:\n  url: \"sqlite://library.db\"\nschedule:\n  cron: \"30 2 * * *\"\n  \
+                timezone: Europe/Paris\nprofile: koha\n";
+    let parse = |extra: &str| {
+        config::parse_str(
+            &format!("{base}{extra}"),
+            "x.yaml",
+            Path::new("/tmp"),
+            &|_| None,
+        )
+    };
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.safety.batch_target, Duration::from_millis(100));
+    // Alone, batch_size is the start and the most: batches only shrink when slow.
+    assert_eq!(
+        (cfg.safety.batch_size, cfg.safety.batch_bounds()),
+        (1000, (100, 1000))
+    );
+    // A small batch_size is its own floor: fixed batches, as before adaptation.
+    let cfg = parse("safety:\n  batch_size: 7\n").unwrap();
+    assert_eq!(cfg.safety.batch_bounds(), (7, 7));
+    let cfg = parse(
+        "safety:\n  batch_size: 500\n  batch_min: 10\n  batch_max: 10000\n  batch_target: 250ms\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.safety.batch_bounds(), (10, 10_000));
+    assert_eq!(cfg.safety.batch_target, Duration::from_millis(250));
+    for (written, ms) in [
+        ("100ms", 100),
+        ("10 ms", 10),
+        ("250 milliseconds", 250),
+        ("2 seconds", 2000),
+        ("1s", 1000),
+        ("10 seconds", 10_000),
+    ] {
+        assert_eq!(
+            config::parse_batch_target(written),
+            Ok(Duration::from_millis(ms)),
+            "{written}"
+        );
+    }
+    for bad in [
+        "9ms",
+        "11 seconds",
+        "0 ms",
+        "1 minute",
+        "fast",
+        "-5ms",
+        "0.5 s",
+        "",
+    ] {
+        assert!(config::parse_batch_target(bad).is_err(), "{bad}");
+    }
+    // Each bad value is reported, all at once, each at its place.
+    let err = parse(
+        "safety:\n  batch_size: 100\n  batch_target: 5 seconds later\n  batch_min: 0\n  batch_max: 99\n",
+    )
+    .unwrap_err();
+    let places: Vec<(String, Option<usize>)> = err
+        .0
+        .iter()
+        .map(|e| (e.path.clone(), e.location.map(|l| l.line)))
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("safety.batch_target".to_string(), Some(9)),
+            ("safety.batch_min".to_string(), Some(10)),
+            ("safety.batch_max".to_string(), Some(11)),
+        ],
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("99 is smaller than safety.batch_size (100)"),
+        "{err}"
+    );
+}
+
 /// serde stops at the first structural error; the first one of every other section is
 /// reported too, each at its place.
 ///

@@ -42,11 +42,7 @@ pub async fn run_at(cfg: &Config, at: DateTime<Utc>, allow_large: bool) -> RunSu
     let db = Db::connect(cfg).await.unwrap();
     let p = engine::prepare(cfg, &db).await.unwrap();
     db.migrate().await.unwrap();
-    let opts = RunOptions {
-        allow_large,
-        now: at,
-        cancel: CancellationToken::new(),
-    };
+    let opts = RunOptions::new(allow_large, at, CancellationToken::new());
     let s = engine::enforce_once(cfg, &db, &p, &opts).await.unwrap();
     db.close().await;
     s

@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod common;
+mod adaptive;
 mod browser;
 mod canary;
 mod cli;

@@ -204,6 +204,7 @@ fn bad_configs_wrong_in_shape_are_rejected_by_the_schema_too() {
         ("wrong-type.yaml", "/safety/batch_size"),
         ("batch-size-too-large.yaml", "/safety/batch_size"),
         ("batch-size-zero.yaml", "/safety/batch_size"),
+        ("batch-max-too-large.yaml", "/safety/batch_max"),
         ("max-fraction.yaml", "/safety/max_fraction"),
         ("unknown-report-on.yaml", "/report/on"),
         ("unknown-action.yaml", "/classes/circulation_history/action"),
