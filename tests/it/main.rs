@@ -24,6 +24,7 @@ mod monitoring;
 mod outage;
 mod publish;
 mod realistic;
+mod refused_processing;
 mod report;
 mod schema;
 mod service;
