@@ -285,6 +285,26 @@ pub struct Age {
     pub kind: AgeType,
     /// Plain words completing "counted from …", e.g. "the date you returned the item".
     pub meaning: String,
+    /// Where the columns are: `None`, the class's own row; otherwise rows of another
+    /// table linked to it, the latest age among them being the row's (`MAX`).
+    pub from: Option<AgeFrom>,
+}
+
+/// `age.from`: the age read from another table's rows linked to the class's row, e.g.
+/// Koha's `patron_consent` rows of type `GDPR_PROCESSING` for a patron (ILS-FACTS
+/// §4.4). Compiled to the scalar subquery `(SELECT MAX(COALESCE(o.c…)) FROM table o WHERE
+/// o.column = row.matches AND filter…)`.
+#[derive(Debug, Clone)]
+pub struct AgeFrom {
+    /// The other table (never the class's own: MySQL refuses a subquery on the table a
+    /// DELETE or UPDATE changes).
+    pub table: TableName,
+    /// Its column linking to the row.
+    pub column: Ident,
+    /// The row's column it equals (the class's key when the YAML leaves it out).
+    pub matches: Ident,
+    /// Tests on the other table's rows (all must hold).
+    pub filter: Vec<ColumnTest>,
 }
 
 /// A literal in a condition or strategy, bound as a parameter (never pasted into SQL).
@@ -1803,14 +1823,57 @@ impl Validator<'_> {
                         None
                     }
                 };
-                match (cols, kind) {
-                    (Some(columns), Some(kind)) => Some(Age {
+                let from = match &a.from {
+                    None => Some(None),
+                    Some(f) => {
+                        let fp = format!("{p}.age.from");
+                        let t = self.table(&format!("{fp}.table"), f.table.as_deref());
+                        if let Some(why) = t.as_ref().and_then(forbidden_table) {
+                            self.err(&format!("{fp}.table"), why);
+                        }
+                        if t.is_some() && t == table {
+                            // MySQL refuses a subquery on the table an UPDATE or DELETE
+                            // changes (error 1093); a row's own columns need no `from`.
+                            self.err(
+                                &format!("{fp}.table"),
+                                "must be another table than the class's own (leave out from: to read the row's own columns)",
+                            );
+                        }
+                        let column = self.ident(&format!("{fp}.column"), f.column.as_deref());
+                        let matches = match (f.matches.as_deref(), &key) {
+                            (Some(m), _) => self.ident(&format!("{fp}.matches"), Some(m)),
+                            (None, Some(k)) => Some(k.clone()),
+                            (None, None) => {
+                                self.err(
+                                    &fp,
+                                    "missing: matches (the class has no key to default to)",
+                                );
+                                None
+                            }
+                        };
+                        let filter = self.filter(&fp, f.filter.as_deref().unwrap_or(&[]));
+                        match (t, column, matches, filter) {
+                            (Some(table), Some(column), Some(matches), Some(filter)) => {
+                                Some(Some(AgeFrom {
+                                    table,
+                                    column,
+                                    matches,
+                                    filter,
+                                }))
+                            }
+                            _ => None,
+                        }
+                    }
+                };
+                match (cols, kind, from) {
+                    (Some(columns), Some(kind), Some(from)) => Some(Age {
                         columns,
                         kind,
                         meaning: a
                             .meaning
                             .clone()
                             .unwrap_or_else(|| "the date in the record".into()),
+                        from,
                     }),
                     _ => None,
                 }
@@ -2106,6 +2169,27 @@ impl Validator<'_> {
         ) && !delete_with.is_empty()
         {
             self.err(&format!("{p}.delete_with"), "only for action delete");
+        }
+        if c.age.as_ref().is_some_and(|a| a.from.is_some()) {
+            // An age read from linked rows is a correlated subquery in every statement of
+            // the class. The keyed delete and anonymize batches re-check it under lock;
+            // the others are refused rather than left untested: aggregate reads the age
+            // back as each row's month and orders a keyless batch by it, pseudonymize
+            // and purge walk other paths, and a keyless batch has no key to lock by.
+            let ap = format!("{p}.age.from");
+            match action {
+                Some(Action::Delete | Action::Anonymize) | None => {}
+                Some(other) => self.err(
+                    &ap,
+                    format!(
+                        "not with action {} (only delete and anonymize read an age from another table)",
+                        other.as_str()
+                    ),
+                ),
+            }
+            if key.is_none() {
+                self.err(&ap, "needs the table's key: (its integer primary key)");
+            }
         }
         if key.is_none() && c.key.is_none() {
             // Without a key, rows cannot be named one by one: only the set-based actions.

@@ -357,6 +357,29 @@ pub struct RawAge {
     /// What the date means, in plain words completing "counted from …" ("the date you
     /// returned the item").
     pub meaning: Option<String>,
+    /// The age is read from rows of another table linked to this row (the latest of
+    /// them, `MAX`), not from this row: e.g. Koha's `patron_consent.refused_on` for a
+    /// patron. `columns` are then that table's columns. A row with no such linked row
+    /// (or only NULL ages there) has no age and is never selected by age. Only for
+    /// actions delete and anonymize on a table with a key.
+    pub from: Option<RawAgeFrom>,
+}
+
+/// `age.from:`: `{ table: patron_consent, column: borrowernumber, matches:
+/// borrowernumber, where: [ { column: type, eq: GDPR_PROCESSING } ] }`.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgeFrom {
+    /// The other table (schema.table allowed), e.g. patron_consent.
+    pub table: Option<String>,
+    /// The other table's column that links to this row, e.g. borrowernumber.
+    pub column: Option<String>,
+    /// This row's column it equals. Default: the class's key.
+    pub matches: Option<String>,
+    /// Column tests the other table's rows must meet to count (all must hold), e.g. the
+    /// consent type.
+    #[serde(rename = "where")]
+    pub filter: Option<Vec<RawCondition>>,
 }
 
 /// A column strategy: a name, or `{ set_value: X }`.

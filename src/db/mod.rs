@@ -788,15 +788,23 @@ impl Db {
                     }
                     _ => {}
                 }
+                // The age columns are the `age.from` table's when there is one.
+                let (age_table, age_cols) = match &c.age.from {
+                    None => (&c.table, cols.as_slice()),
+                    Some(f) => (
+                        &f.table,
+                        cache.get(&f.table).map(Vec::as_slice).unwrap_or(&[]),
+                    ),
+                };
                 for a in &c.age.columns {
-                    if let Some((_, ty)) = cols
+                    if let Some((_, ty)) = age_cols
                         .iter()
                         .find(|(n, _)| n.eq_ignore_ascii_case(a.as_str()))
                     {
                         if !(ty.contains("date") || ty.contains("time")) {
                             problems.push(format!(
-                                "classes.{}: age column {}.{a} is of type {ty}, not a date or time",
-                                c.name, c.table
+                                "classes.{}: age column {age_table}.{a} is of type {ty}, not a date or time",
+                                c.name
                             ));
                         }
                     }
@@ -1054,7 +1062,9 @@ impl Db {
         })?;
         let mut q = Query::select();
         let pt = sql::table_ref(&src.patron_table);
-        q.expr(Expr::val(1))
+        // A 64-bit 1: PostgreSQL types a plain `1` as int4, which will not decode as i64
+        // (found with the Koha profile on PostgreSQL in the refused_processing test).
+        q.expr(Expr::val(1i64))
             .from(pt)
             .and_where(Expr::col(Alias::new(src.patron_key.as_str())).eq(id));
         let mut tx = self.begin_read().await?;
@@ -1169,8 +1179,22 @@ fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>
     if let Some(key) = &c.key {
         out.push((ctx.clone(), c.table.clone(), key.clone()));
     }
-    for a in &c.age.columns {
-        out.push((ctx.clone(), c.table.clone(), a.clone()));
+    match &c.age.from {
+        None => {
+            for a in &c.age.columns {
+                out.push((ctx.clone(), c.table.clone(), a.clone()));
+            }
+        }
+        Some(f) => {
+            for a in &c.age.columns {
+                out.push((ctx.clone(), f.table.clone(), a.clone()));
+            }
+            out.push((ctx.clone(), f.table.clone(), f.column.clone()));
+            out.push((ctx.clone(), c.table.clone(), f.matches.clone()));
+            for t in &f.filter {
+                out.push((ctx.clone(), f.table.clone(), t.column().clone()));
+            }
+        }
     }
     for col in c.aggregate.iter().flat_map(|a| a.columns()).flatten() {
         out.push((ctx.clone(), c.table.clone(), col.clone()));

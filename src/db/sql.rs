@@ -281,13 +281,36 @@ pub fn fmt_datetime(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-/// The row's age: its age column, or the first non-NULL of several (`COALESCE`).
+/// The row's age: its age column, or the first non-NULL of several (`COALESCE`). With
+/// `age.from`, the latest such age among the linked rows of the other table: `(SELECT
+/// MAX(<age of o>) FROM other o WHERE o.column = row.matches AND <filter on o>)`, NULL
+/// when there is none (so the row is never past its period by age).
 fn age_expr(class: &ClassDef) -> Expr {
-    if class.age.columns.len() == 1 {
-        tcol(&class.table, &class.age.columns[0])
-    } else {
-        Func::coalesce(class.age.columns.iter().map(|c| tcol(&class.table, c))).into()
+    let own = |col: &dyn Fn(&Ident) -> Expr| -> Expr {
+        if class.age.columns.len() == 1 {
+            col(&class.age.columns[0])
+        } else {
+            Func::coalesce(class.age.columns.iter().map(col)).into()
+        }
+    };
+    match &class.age.from {
+        None => own(&|c| tcol(&class.table, c)),
+        Some(from) => {
+            let mut sub = Query::select();
+            sub.expr(Func::max(own(&ocol)))
+                .from_as(table_ref(&from.table), Alias::new(OTHER))
+                .and_where(ocol(&from.column).eq(tcol(&class.table, &from.matches)));
+            for f in &from.filter {
+                sub.cond_where(column_test(ocol(f.column()), f));
+            }
+            Expr::SubQuery(None, Box::new(SubQueryStatement::SelectStatement(sub)))
+        }
     }
+}
+
+/// Whether the class reads its age from another table (`age.from`).
+pub fn age_from_other_table(class: &ClassDef) -> bool {
+    class.age.from.is_some()
 }
 
 /// The row's age is before the cutoff (strictly: a row at the cutoff is kept). A NULL

@@ -2,7 +2,7 @@
 //! by a class of Lethe's Koha profile (ILS-FACTS §4–5): `statistics`, `message_queue`,
 //! `action_logs`, `search_history`, `deletedborrowers`, `suggestions`, `illrequests`,
 //! `return_claims`, `items_last_borrower`, `pseudonymized_transactions` and
-//! `patron_consent` (no class yet), and the `message_transport_types` reference rows
+//! `patron_consent` (read by `refused_processing`), and the `message_transport_types` reference rows
 //! that Koha's `message_queue` foreign key needs.
 //!
 //! The rows follow from the patrons and the circulation generated before them: a

@@ -436,7 +436,10 @@ fn pseudonyms_of(
 
 /// Per class, the rows in its scope whose age column is NULL (all of them NULL, for a
 /// class with several): no period ever reaches them (see [`sql::undated_query`]).
-/// Counts only; changes nothing.
+/// Counts only; changes nothing. A class whose age comes from another table
+/// (`age.from`, such as Koha's refusals of processing) is left out: a row with no
+/// linked row is outside that class (a patron who never refused), not an undated one,
+/// and counting it would report nearly every patron.
 ///
 /// # Errors
 /// [`EngineError::Database`].
@@ -447,7 +450,7 @@ pub async fn undated(
     at: DateTime<Utc>,
 ) -> Result<Vec<(String, u64)>, EngineError> {
     let mut out = Vec::new();
-    for class in &cfg.classes {
+    for class in cfg.classes.iter().filter(|c| !sql::age_from_other_table(c)) {
         let Some(b) = bindings(cfg, db, class, at, p) else {
             continue;
         };
@@ -839,6 +842,14 @@ pub fn policy_json(cfg: &Config) -> String {
                 }
                 if !c.purged.is_empty() {
                     obj.insert("purged".into(), serde_json::json!(c.purged.iter().map(condition_json).collect::<Vec<_>>()));
+                }
+                if let (Some(from), Some(age)) = (&c.age.from, obj.get_mut("age").and_then(|a| a.as_object_mut())) {
+                    age.insert("from".into(), serde_json::json!({
+                        "table": from.table.to_string(),
+                        "column": from.column.as_str(),
+                        "matches": from.matches.as_str(),
+                        "where": from.filter.iter().map(test_json).collect::<Vec<_>>(),
+                    }));
                 }
                 if let Some(a) = &c.aggregate {
                     let by: serde_json::Map<String, serde_json::Value> = sql::AGGREGATE_DIMS

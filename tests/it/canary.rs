@@ -1,14 +1,21 @@
 //! The canary across every table (issue 4): on MariaDB, with the project's fixture or,
-//! when `LETHE_KOHA_DDL` names it, Koha's own kohastructure.sql, two expired patrons
+//! when `LETHE_KOHA_DDL` names it, Koha's own kohastructure.sql, three patrons who
+//! refused the processing of their data long ago (`patron_consent`, GDPR_PROCESSING)
 //! have a row in every table that names a patron, every personal text column of those
-//! rows holds a canary (`CANARY-4F7Q-<column>` for one, `CANARY-HOLD-<column>` for the
-//! other), their borrowernumbers are in every patron-link column, and every row is
-//! older than its class's period. The second patron is under a legal hold
-//! (`lethe hold add`). One `lethe run --once` of the real binary with the shipped
-//! `retention.yaml` (every class named) must leave:
+//! rows holds a canary (`CANARY-4F7Q-<column>`, `CANARY-HOLD-<column>`,
+//! `CANARY-RFSD-<column>`), their borrowernumbers are in every patron-link column, and
+//! every row is older than its class's period. The first two are also expired; the
+//! second is under a legal hold (`lethe hold add`); the third's card is valid, so only
+//! `refused_processing` deletes them. The tables are those of the profile's classes and
+//! those whose rows Koha deletes with the patron by foreign key (`messages`,
+//! `borrower_attributes`, `borrower_debarments`, `illcomments`, `article_requests`,
+//! `tickets`, `ticket_updates`; `checkout_renewals.renewer_id` is set NULL), so the test
+//! proves those cascades too. One `lethe run --once` of the real binary with the
+//! shipped `retention.yaml` (every class named) must leave:
 //!
-//! * no trace of the first patron: no text column of any table (information_schema,
-//!   Lethe's own tables included) holds its canary, and no patron-link column its number;
+//! * no trace of the first and third patrons: no text column of any table
+//!   (information_schema, Lethe's own tables included) holds their canary, and no
+//!   patron-link column their number;
 //! * every row of the held patron as it was, except the two kinds of row that no
 //!   longer name a patron and so cannot be held: a self-registration never confirmed
 //!   (`borrower_modifications` with borrowernumber 0) and a pseudonymized transaction;
@@ -20,11 +27,12 @@
 //! Which text columns are personal: in tables whose rows a class deletes (or that go
 //! with the patron), every character column that is not a code the rules read (branch,
 //! category, module, status, type) nor a foreign key; in tables a class anonymizes
-//! (the row stays), the free text written by or about the patron: `accountlines.note`,
+//! (the row stays), the free text written by or about the patron: `old_issues.note`,
+//! `old_reserves.reservenotes`, `statistics.other`, `accountlines.note`,
 //! `suggestions.note`/`patronreason`/`staff_note`, `illrequests.notesopac`/`notesstaff`.
-//! Bibliographic text (a suggested title, a fine's description naming the item) and
-//! `old_issues.note`/`old_reserves.reservenotes` (classes of an earlier issue) get no
-//! canary here. Columns shorter than the canary's prefix cannot hold it.
+//! Bibliographic text (a suggested title, a fine's description naming the item) gets no
+//! canary there, nor `patron_consent.type` (the consent type the rule reads).
+//! Columns shorter than the canary's prefix cannot hold it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -40,12 +48,22 @@ const GONE: Patron = Patron {
     bn: 4711,
     canary: "CANARY-4F7Q",
     item: 2,
+    expiry: "2020-01-01",
 };
 /// The expired patron under a legal hold: every trace linked to them must stay.
 const HELD: Patron = Patron {
     bn: 4712,
     canary: "CANARY-HOLD",
     item: 3,
+    expiry: "2020-01-01",
+};
+/// A patron whose card is still valid but who refused processing long ago: deleted by
+/// `refused_processing`, so every trace must go too.
+const REFUSED: Patron = Patron {
+    bn: 4713,
+    canary: "CANARY-RFSD",
+    item: 4,
+    expiry: "2099-12-31",
 };
 /// A staff member (managed the suggestion, issued the checkout).
 const STAFF: i64 = 2;
@@ -55,6 +73,8 @@ struct Patron {
     bn: i64,
     canary: &'static str,
     item: i64,
+    /// borrowers.dateexpiry.
+    expiry: &'static str,
 }
 
 /// Which text columns of a table get the canary.
@@ -72,9 +92,9 @@ const PERSONAL: &[(&str, Personal)] = &[
         "borrowers",
         Personal::AllExcept(&["branchcode", "categorycode", "sex", "lang"]),
     ),
-    ("old_issues", Personal::Only(&[])),
-    ("old_reserves", Personal::Only(&[])),
-    ("statistics", Personal::Only(&[])),
+    ("old_issues", Personal::Only(&["note"])),
+    ("old_reserves", Personal::Only(&["reservenotes"])),
+    ("statistics", Personal::Only(&["other"])),
     (
         "message_queue",
         Personal::AllExcept(&["message_transport_type", "status"]),
@@ -114,6 +134,15 @@ const PERSONAL: &[(&str, Personal)] = &[
         ]),
     ),
     ("patron_consent", Personal::AllExcept(&["type"])),
+    // Gone with the patron by ON DELETE CASCADE (checkout_renewals: SET NULL).
+    ("messages", Personal::AllExcept(&["message_type"])),
+    ("borrower_attributes", Personal::Only(&["attribute"])),
+    ("borrower_debarments", Personal::AllExcept(&[])),
+    ("illcomments", Personal::Only(&["comment"])),
+    ("article_requests", Personal::AllExcept(&[])),
+    ("tickets", Personal::AllExcept(&["status"])),
+    ("ticket_updates", Personal::AllExcept(&["status"])),
+    ("checkout_renewals", Personal::AllExcept(&["interface"])),
 ];
 
 /// Patron-link columns without a foreign key to `borrowers` (the ones with one are
@@ -236,7 +265,7 @@ async fn seed(db: &TestDb, p: Patron) -> Seeded {
             ("branchcode", s("MAIN")),
             ("categorycode", s("PT")),
             ("dateenrolled", old("2015-01-01")),
-            ("dateexpiry", old("2020-01-01")),
+            ("dateexpiry", s(p.expiry)),
             ("privacy", i(1)),
             ("flags", i(0)),
             ("protected", i(0)),
@@ -468,7 +497,119 @@ async fn seed(db: &TestDb, p: Patron) -> Seeded {
             ("id", i(bn * 10)),
             ("borrowernumber", i(bn)),
             ("type", s("GDPR_PROCESSING")),
-            ("given_on", old("2018-06-01 10:00:00")),
+            ("refused_on", old("2019-06-01 10:00:00")),
+        ],
+    )
+    .await;
+    // The tables Koha empties of the patron by foreign key.
+    row(
+        db,
+        p,
+        &mut cells,
+        "messages",
+        &[
+            ("message_id", i(bn * 10)),
+            ("borrowernumber", i(bn)),
+            ("branchcode", s("MAIN")),
+            ("message_type", s("L")),
+            ("message_date", old("2019-12-01 15:00:00")),
+            ("manager_id", i(STAFF)),
+        ],
+    )
+    .await;
+    row(
+        db,
+        p,
+        &mut cells,
+        "borrower_attributes",
+        &[
+            ("id", i(bn * 10)),
+            ("borrowernumber", i(bn)),
+            ("code", s("NOTE")),
+        ],
+    )
+    .await;
+    row(
+        db,
+        p,
+        &mut cells,
+        "borrower_debarments",
+        &[
+            ("borrower_debarment_id", i(bn * 10)),
+            ("borrowernumber", i(bn)),
+            ("type", s("MANUAL")),
+            ("manager_id", i(STAFF)),
+            ("created", old("2019-12-01 15:00:00")),
+        ],
+    )
+    .await;
+    row(
+        db,
+        p,
+        &mut cells,
+        "illcomments",
+        &[
+            ("illcomment_id", i(bn * 10)),
+            ("illrequest_id", i(bn * 10)),
+            ("borrowernumber", i(bn)),
+            ("timestamp", old("2019-01-15 10:00:00")),
+        ],
+    )
+    .await;
+    row(
+        db,
+        p,
+        &mut cells,
+        "article_requests",
+        &[
+            ("id", i(bn * 10)),
+            ("borrowernumber", i(bn)),
+            ("biblionumber", i(1)),
+            ("branchcode", s("MAIN")),
+            ("status", s("COMPLETED")),
+            ("created_on", old("2019-03-01 10:00:00")),
+        ],
+    )
+    .await;
+    row(
+        db,
+        p,
+        &mut cells,
+        "tickets",
+        &[
+            ("id", i(bn * 10)),
+            ("reporter_id", i(bn)),
+            ("reported_date", old("2019-03-01 10:00:00")),
+            ("status", s("RESOLVED")),
+            ("resolver_id", i(STAFF)),
+        ],
+    )
+    .await;
+    row(
+        db,
+        p,
+        &mut cells,
+        "ticket_updates",
+        &[
+            ("id", i(bn * 10)),
+            ("ticket_id", i(bn * 10)),
+            ("user_id", i(bn)),
+            ("date", old("2019-03-02 10:00:00")),
+            ("status", s("RESOLVED")),
+        ],
+    )
+    .await;
+    row(
+        db,
+        p,
+        &mut cells,
+        "checkout_renewals",
+        &[
+            ("renewal_id", i(bn * 10)),
+            ("checkout_id", i(bn * 10)),
+            ("renewer_id", i(bn)),
+            ("interface", s("opac")),
+            ("timestamp", old("2019-12-20 10:00:00")),
         ],
     )
     .await;
@@ -641,13 +782,31 @@ async fn every_trace_of_an_expired_patron_goes_and_a_held_one_stays_mysql() {
         ],
     )
     .await;
+    db.insert(
+        "restriction_types",
+        &[("code", s("MANUAL")), ("display_text", s("Manual"))],
+    )
+    .await;
+    db.insert(
+        "borrower_attribute_types",
+        &[
+            ("code", s("NOTE")),
+            ("description", s("Note")),
+            ("class", s("")),
+        ],
+    )
+    .await;
     let gone = seed(&db, GONE).await;
     let held = seed(&db, HELD).await;
+    let refused = seed(&db, REFUSED).await;
     let links = link_columns(&db).await;
 
     // The scans see what was seeded (or they would prove nothing).
     assert_eq!(scan_text(&db, GONE.canary).await, gone.cells);
     assert_eq!(scan_text(&db, HELD.canary).await, held.cells);
+    assert_eq!(scan_text(&db, REFUSED.canary).await, refused.cells);
+    let refused_links = scan_links(&db, &links, REFUSED.bn).await;
+    assert!(refused_links.contains_key(&("patron_consent".into(), "borrowernumber".into())));
     let gone_links = scan_links(&db, &links, GONE.bn).await;
     let held_links = scan_links(&db, &links, HELD.bn).await;
     for (t, c) in LINKS_WITHOUT_FK {
@@ -706,7 +865,7 @@ async fn every_trace_of_an_expired_patron_goes_and_a_held_one_stays_mysql() {
     let run = json(&o);
     assert_eq!(run["status"], "ok", "{run}");
     let classes = run["classes"].as_array().unwrap();
-    assert_eq!(classes.len(), 15, "every class of the shipped config runs");
+    assert_eq!(classes.len(), 16, "every class of the shipped config runs");
     let class = |name: &str| {
         classes
             .iter()
@@ -719,6 +878,7 @@ async fn every_trace_of_an_expired_patron_goes_and_a_held_one_stays_mysql() {
         ("circulation_history", 1),
         ("holds_history", 1),
         ("expired_patrons", 1),
+        ("refused_processing", 1),
         ("circulation_statistics", 2),
         ("notices", 1),
         ("patron_logs", 3),
@@ -737,13 +897,18 @@ async fn every_trace_of_an_expired_patron_goes_and_a_held_one_stays_mysql() {
         assert_eq!(c["kept"]["legal_hold"], kept, "{c}");
     }
 
-    // No trace of the first patron anywhere.
-    let left = scan_text(&db, GONE.canary).await;
-    let left_links = scan_links(&db, &links, GONE.bn).await;
-    assert!(
-        left.is_empty() && left_links.is_empty(),
-        "the expired patron survived in text columns {left:?} and patron links {left_links:?}"
-    );
+    // The refusing patron, whose card is valid, went by refused_processing.
+    assert_eq!(class("refused_processing")["affected"], 1);
+    // No trace of the first and third patrons anywhere.
+    for p in [GONE, REFUSED] {
+        let left = scan_text(&db, p.canary).await;
+        let left_links = scan_links(&db, &links, p.bn).await;
+        assert!(
+            left.is_empty() && left_links.is_empty(),
+            "patron {} survived in text columns {left:?} and patron links {left_links:?}",
+            p.bn
+        );
+    }
     // Every row linked to the held patron as it was; the unlinked ones gone.
     let mut want = held.cells.clone();
     for (k, n) in &held.unlinked {
@@ -812,7 +977,7 @@ async fn every_trace_of_an_expired_patron_goes_and_a_held_one_stays_mysql() {
     .map(|r| r[0].clone().unwrap())
     .collect();
     assert!(ledger_tables.len() >= 3, "{ledger_tables:?}");
-    for needle in [GONE.canary, HELD.canary] {
+    for needle in [GONE.canary, HELD.canary, REFUSED.canary] {
         let in_ledger: Vec<_> = scan_text(&db, needle)
             .await
             .into_keys()
@@ -836,7 +1001,7 @@ async fn every_trace_of_an_expired_patron_goes_and_a_held_one_stays_mysql() {
     );
     output.push_str(&reports.concat());
     let lower = output.to_lowercase();
-    for needle in [GONE.canary, HELD.canary, "canary"] {
+    for needle in [GONE.canary, HELD.canary, REFUSED.canary, "canary"] {
         assert!(
             !lower.contains(&needle.to_lowercase()),
             "{needle} left the database"

@@ -10,10 +10,11 @@ fn dir() -> std::path::PathBuf {
 }
 
 /// The classes the shipped `retention.yaml` enforces: the whole Koha profile.
-const SHIPPED_CLASSES: [&str; 15] = [
+const SHIPPED_CLASSES: [&str; 16] = [
     "circulation_history",
     "holds_history",
     "expired_patrons",
+    "refused_processing",
     "circulation_statistics",
     "notices",
     "patron_logs",

@@ -657,3 +657,85 @@ async fn a_skewed_host_clock_refuses_to_enforce() {
     assert!(err.to_string().contains("max_clock_skew"), "{err}");
     ldb.close().await;
 }
+
+// Koha's own anonymize rewrites borrowernumber only: rows it (or an earlier Lethe)
+// anonymized to the anonymous patron kept the patron's checkout and hold notes. The
+// next run clears them.
+both_backends!(notes_left_on_rows_anonymized_earlier_are_cleared);
+async fn notes_left_on_rows_anonymized_earlier_are_cleared(db: TestDb) {
+    koha_reference(&db, None).await;
+    patron(&db, 10, 0, "2099-01-01", "PT").await; // privacy 0: keeps history
+    let long_ago = Some("2026-01-01 10:00:00");
+    old_issue(&db, 201, Some(1), long_ago).await; // anonymized before, note left
+    old_issue(&db, 202, None, long_ago).await; // patron deleted (SET NULL): not reached
+    old_issue(&db, 203, Some(1), long_ago).await; // anonymized, no note: nothing to do
+    old_issue(&db, 204, Some(10), long_ago).await; // opted in: the note stays
+    for id in [201, 202, 204] {
+        db.exec(&format!(
+            "UPDATE old_issues SET note = 'CANARY-NOTE' WHERE issue_id = {id}"
+        ))
+        .await;
+    }
+    for (id, bn) in [(301, V::I(1)), (302, V::Null)] {
+        db.insert(
+            "old_reserves",
+            &[
+                ("reserve_id", i(id)),
+                ("borrowernumber", bn),
+                ("biblionumber", i(1)),
+                ("branchcode", s("MAIN")),
+                ("reservedate", s("2026-01-01")),
+                ("cancellationdate", s("2026-01-05")),
+                ("priority", i(0)),
+                ("reservenotes", s("CANARY-NOTE")),
+            ],
+        )
+        .await;
+    }
+    let cfg = db.config(
+        ONLY_CIRC
+            .replace("  holds_history: { enabled: false }\n", "")
+            .as_str(),
+    );
+    let plan = plan_at(&cfg, now()).await;
+    assert_eq!(class(&plan, "circulation_history").eligible, 1);
+    assert_eq!(class(&plan, "circulation_history").kept.opt_in, 1);
+    assert_eq!(class(&plan, "holds_history").eligible, 1);
+    let run = run_at(&cfg, now(), true).await;
+    assert_eq!(class(&run, "circulation_history").affected, 1);
+    assert_eq!(class(&run, "holds_history").affected, 1);
+    assert_eq!(
+        db.count("old_issues WHERE issue_id = 201 AND note IS NULL AND borrowernumber = 1")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count(
+            "old_issues WHERE issue_id = 204 AND note = 'CANARY-NOTE' AND borrowernumber = 10"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        db.count("old_reserves WHERE reserve_id = 301 AND reservenotes IS NULL")
+            .await,
+        1
+    );
+    // A row whose patron was deleted (borrowernumber NULL) keeps its note: the class
+    // runs before expired_patrons, whose deletions would make such rows eligible
+    // within a run and break its fixed point (README).
+    assert_eq!(
+        db.count("old_issues WHERE issue_id = 202 AND note IS NOT NULL AND borrowernumber IS NULL")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("old_reserves WHERE reserve_id = 302 AND reservenotes IS NOT NULL")
+            .await,
+        1
+    );
+    let again = run_at(&cfg, now(), true).await;
+    for c in &again.classes {
+        assert_eq!(c.affected, 0, "{c:?}");
+    }
+}

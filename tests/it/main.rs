@@ -26,6 +26,7 @@ mod monitoring;
 mod outage;
 mod publish;
 mod realistic;
+mod refused_processing;
 mod report;
 mod schema;
 mod service;

@@ -35,6 +35,9 @@ struct Snapshot {
     owed_issues: BTreeSet<i64>,
     /// reserve_id → (borrowernumber, age date)
     old_reserves: BTreeMap<i64, (Option<i64>, Option<String>)>,
+    /// issue_id and reserve_id of rows with a note (`note`, `reservenotes`).
+    noted_issues: BTreeSet<i64>,
+    noted_reserves: BTreeSet<i64>,
     accountlines: BTreeMap<i64, Option<i64>>,
     modifications: Vec<(String, i64)>,
 }
@@ -193,6 +196,14 @@ async fn snapshot(db: &TestDb) -> Snapshot {
             (r.int(1), r.text(2).map(|d| d[..19].to_string())),
         );
     }
+    let noted = |table: &str, key: &str, col: &str| {
+        format!("SELECT {} FROM {table} WHERE {col} IS NOT NULL", t(db, key))
+    };
+    let noted_issues = set(rows!(db, noted("old_issues", "issue_id", "note")));
+    let noted_reserves = set(rows!(
+        db,
+        noted("old_reserves", "reserve_id", "reservenotes")
+    ));
     let mut old_reserves = BTreeMap::new();
     let q = format!(
         "SELECT {}, {}, {} FROM old_reserves",
@@ -223,6 +234,8 @@ async fn snapshot(db: &TestDb) -> Snapshot {
         current_holds,
         owes_either_way,
         old_issues,
+        noted_issues,
+        noted_reserves,
         owed_issues,
         old_reserves,
         accountlines,
@@ -244,7 +257,9 @@ fn oracle(s: &Snapshot, circ_cutoff: &str, holds_cutoff: &str, patron_cutoff: &s
         let (Some(b), Some(ret)) = (b, ret) else {
             continue;
         };
-        if Some(*b) == s.anon || privacy(*b) == Some(0) || s.owed_issues.contains(&id) {
+        // Rows of the anonymous patron only for a note left on them.
+        let done = Some(*b) == s.anon && !s.noted_issues.contains(&id);
+        if done || privacy(*b) == Some(0) || s.owed_issues.contains(&id) {
             continue;
         }
         if ret.as_str() < circ_cutoff || privacy(*b) == Some(2) {
@@ -254,7 +269,8 @@ fn oracle(s: &Snapshot, circ_cutoff: &str, holds_cutoff: &str, patron_cutoff: &s
     let mut holds = BTreeSet::new();
     for (&id, (b, age)) in &s.old_reserves {
         let Some(b) = b else { continue };
-        if Some(*b) == s.anon || privacy(*b) == Some(0) {
+        let done = Some(*b) == s.anon && !s.noted_reserves.contains(&id);
+        if done || privacy(*b) == Some(0) {
             continue;
         }
         let past = age.as_deref().is_some_and(|a| a < holds_cutoff);
