@@ -170,15 +170,35 @@ fn known(cfg: &Config) -> Result<Vec<Known>, DbError> {
         for (col, _) in &c.anonymize {
             push_unique(&mut columns, col);
         }
-        out.push(Known {
-            table: c.table.clone(),
-            columns,
-            age: c.age.columns.clone(),
-            coverage: Coverage::Class {
-                name: c.name.clone(),
-                action: c.action.as_str(),
-            },
-        });
+        let coverage = Coverage::Class {
+            name: c.name.clone(),
+            action: c.action.as_str(),
+        };
+        match &c.age.from {
+            // The age lives in linked rows of another table (`age.from`, Koha's
+            // patron_consent.refused_on): the class's own table has no age column, and
+            // the other table is listed with the age columns.
+            Some(f) => {
+                out.push(Known {
+                    table: c.table.clone(),
+                    columns,
+                    age: Vec::new(),
+                    coverage: coverage.clone(),
+                });
+                out.push(Known {
+                    table: f.table.clone(),
+                    columns: vec![f.column.clone()],
+                    age: c.age.columns.clone(),
+                    coverage,
+                });
+            }
+            None => out.push(Known {
+                table: c.table.clone(),
+                columns,
+                age: c.age.columns.clone(),
+                coverage,
+            }),
+        }
     }
     let Some(text) = profile_text(cfg) else {
         return Ok(out);
@@ -191,14 +211,14 @@ fn known(cfg: &Config) -> Result<Vec<Known>, DbError> {
         }
         let Some(table) = &c.table else { continue };
         let table = TableName::new(table).map_err(|e| bad(&format!("class {name}"), e))?;
-        let age = idents(
-            c.age
-                .as_ref()
-                .and_then(|a| a.columns.as_ref())
-                .map(Vec::as_slice)
-                .unwrap_or(&[]),
-            &format!("class {name}"),
-        )?;
+        // An age read from another table (`age.from`) is not a column of this one.
+        let age = match c.age.as_ref() {
+            Some(a) if a.from.is_none() => idents(
+                a.columns.as_deref().unwrap_or(&[]),
+                &format!("class {name}"),
+            )?,
+            _ => Vec::new(),
+        };
         let coverage = if c.enabled == Some(false) {
             Coverage::Off { name: name.clone() }
         } else {
@@ -504,8 +524,10 @@ pub async fn index_advice(cfg: &Config, db: &Db) -> Result<Vec<IndexAdvice>, DbE
     let backend = db.backend();
     let mut out: Vec<IndexAdvice> = Vec::new();
     for c in &cfg.classes {
+        // The table holding the age: the class's own, or the linked one of `age.from`.
+        let table = c.age.from.as_ref().map_or(&c.table, |f| &f.table);
         let dup = out.iter().any(|a| {
-            a.table == c.table
+            &a.table == table
                 && a.columns.len() == c.age.columns.len()
                 && a.columns
                     .iter()
@@ -515,11 +537,11 @@ pub async fn index_advice(cfg: &Config, db: &Db) -> Result<Vec<IndexAdvice>, DbE
         if dup {
             continue;
         }
-        let indexes = db.indexes(&c.table).await?;
+        let indexes = db.indexes(table).await?;
         if catalog::serving(&indexes, &c.age.columns).is_some() {
             continue;
         }
-        let statement = catalog::create_statement(backend, &c.table, &c.age.columns);
+        let statement = catalog::create_statement(backend, table, &c.age.columns);
         let note = match (&statement, c.age.columns.len()) {
             (Some(_), _) => None,
             (None, n) if n > 1 => Some(no_coalesce_index(&c.age.columns)),
@@ -529,10 +551,10 @@ pub async fn index_advice(cfg: &Config, db: &Db) -> Result<Vec<IndexAdvice>, DbE
         };
         out.push(IndexAdvice {
             class: c.name.clone(),
-            table: c.table.clone(),
+            table: table.clone(),
             columns: c.age.columns.clone(),
-            rows: db.row_estimate(&c.table).await?,
-            index: catalog::index_name(backend, &c.table, &c.age.columns),
+            rows: db.row_estimate(table).await?,
+            index: catalog::index_name(backend, table, &c.age.columns),
             statement,
             note,
         });

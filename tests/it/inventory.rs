@@ -329,7 +329,7 @@ async fn inventory_of_the_koha_fixture() {
              schedule:\n  cron: \"30 2 * * *\"\n  timezone: America/New_York\n\
              report:\n  outbox: outbox\n\
              profile: koha\n\
-             classes:\n  holds_history:\n    enabled: false\n  notices: {{}}\n",
+             classes:\n  holds_history:\n    enabled: false\n  notices: {{}}\n  refused_processing: {{}}\n",
             db.url
         ),
     )
@@ -363,7 +363,7 @@ async fn inventory_of_the_koha_fixture() {
     assert_eq!(oi["status"], "covered");
     assert_eq!(oi["class"], "circulation_history");
     assert_eq!(oi["action"], "anonymize");
-    assert_eq!(oi["columns"], serde_json::json!(["borrowernumber"]));
+    assert_eq!(oi["columns"], serde_json::json!(["borrowernumber", "note"]));
     assert_eq!(oi["age_columns"], serde_json::json!(["returndate"]));
     assert_eq!(oi["oldest"], "2025-01-02");
     assert_eq!(oi["oldest_days"], (today - first).num_days());
@@ -391,9 +391,43 @@ async fn inventory_of_the_koha_fixture() {
     assert_eq!(st["indexed"], true, "Koha's KEY timeidx (datetime)");
     assert_eq!(st["index"], "timeidx");
 
-    let pc = row("patron_consent");
-    assert_eq!(pc["status"], "covered_otherwise");
+    // refused_processing reads its age from patron_consent (age.from): its borrowers
+    // row has no age column, and patron_consent is listed with refused_on, besides the
+    // profile's row for the cascade.
+    let rows_of = |t: &str| {
+        tables
+            .iter()
+            .filter(|r| r["table"] == t)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let rp = rows_of("borrowers")
+        .into_iter()
+        .find(|r| r["class"] == "refused_processing")
+        .unwrap_or_else(|| panic!("no borrowers row for refused_processing: {x}"));
+    assert_eq!(rp["status"], "covered");
+    assert_eq!(rp["age_columns"], serde_json::json!([]));
+    let pcs = rows_of("patron_consent");
+    let pc = pcs
+        .iter()
+        .find(|r| r["status"] == "covered_otherwise")
+        .unwrap_or_else(|| panic!("no cascade row for patron_consent: {x}"));
     assert_eq!(pc["how"], "deleted with the patron (ON DELETE CASCADE)");
+    let pcc = pcs
+        .iter()
+        .find(|r| r["class"] == "refused_processing")
+        .unwrap_or_else(|| panic!("no class row for patron_consent: {x}"));
+    assert_eq!(pcc["status"], "covered");
+    assert_eq!(pcc["age_columns"], serde_json::json!(["refused_on"]));
+    assert_eq!(pcc["missing_columns"], serde_json::json!([]));
+
+    // The index advice for refused_processing names patron_consent.refused_on (the
+    // column that exists), never borrowers.refused_on.
+    let o = lethe(dir.path(), &["--config", c, "check"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("patron_consent"), "{out}");
+    assert!(!out.contains("borrowers.refused_on"), "{out}");
+    assert!(!out.contains("borrowers (refused_on"), "{out}");
 
     let se = row("sessions");
     assert_eq!(se["status"], "not_covered");
