@@ -1121,16 +1121,23 @@ async fn pass(
             return Ok(true);
         }
         let to = from.saturating_add(step);
-        let changed = retrying!(
+        let (changed, batch_ms) = retrying!(
             run_id,
             class,
             cancel,
             retry,
-            batch(db, run_id, class, b, from, to)
+            timed(batch(db, run_id, class, b, from, to))
         );
         match changed {
             Some(changed) => {
-                tracing::debug!(run_id, class = %class.name, changed, "batch committed");
+                tracing::debug!(
+                    run_id,
+                    class = %class.name,
+                    changed,
+                    batch_ms,
+                    batch_size = step,
+                    "batch committed"
+                );
                 from = to;
             }
             None => {
@@ -1151,6 +1158,15 @@ async fn pass(
         }
     }
     Ok(false)
+}
+
+/// Runs one batch attempt and measures it: its result and its wall time in
+/// milliseconds (BEGIN to COMMIT, as the `"batch committed"` debug event's `batch_ms`
+/// reports it: how long the batch's rows stayed locked).
+async fn timed<T, E>(f: impl std::future::Future<Output = Result<T, E>>) -> Result<(T, f64), E> {
+    let start = std::time::Instant::now();
+    let v = f.await?;
+    Ok((v, start.elapsed().as_secs_f64() * 1000.0))
 }
 
 /// One batch transaction over the keys in `[from, to)`: select the eligible keys
@@ -1249,14 +1265,21 @@ async fn limit_pass(
         if cancel.is_cancelled() {
             return Ok(true);
         }
-        let changed = retrying!(
+        let (changed, batch_ms) = retrying!(
             run_id,
             class,
             cancel,
             retry,
-            limit_batch(db, run_id, class, b, limit)
+            timed(limit_batch(db, run_id, class, b, limit))
         );
-        tracing::debug!(run_id, class = %class.name, changed, "batch committed");
+        tracing::debug!(
+            run_id,
+            class = %class.name,
+            changed,
+            batch_ms,
+            batch_size = limit,
+            "batch committed"
+        );
         if changed == 0 {
             break;
         }
