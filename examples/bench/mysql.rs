@@ -53,6 +53,20 @@ impl Koha {
     /// demo's patrons and items, then `rows` rows of `old_issues`, 2 % of them with an
     /// open fine, and keeps a pristine copy of the table.
     pub async fn setup(rows: u64) -> Result<Koha> {
+        match Self::build(rows).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                // Leave no half-built database behind.
+                if let Ok(admin) = MySqlPool::connect(&format!("{ROOT}/")).await {
+                    let _ = exec(&admin, &format!("DROP DATABASE IF EXISTS `{DB}`")).await;
+                    admin.close().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(rows: u64) -> Result<Koha> {
         let admin = MySqlPool::connect(&format!("{ROOT}/"))
             .await
             .context("MariaDB at 127.0.0.1:3306 (root, no password)")?;

@@ -69,6 +69,24 @@ impl Evergreen {
     /// Creates `lethe_bench` afresh (dropping an old one), loads the fixture and the
     /// demo's patrons and copies, then `rows` circulations, and keeps a pristine copy.
     pub async fn setup(rows: u64) -> Result<Evergreen> {
+        match Self::build(rows).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                // Leave no half-built database behind.
+                if let Ok(admin) = PgPool::connect(&format!("{ROOT}/postgres")).await {
+                    let _ = exec(
+                        &admin,
+                        &format!("DROP DATABASE IF EXISTS \"{DB}\" WITH (FORCE)"),
+                    )
+                    .await;
+                    admin.close().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(rows: u64) -> Result<Evergreen> {
         let admin = PgPool::connect(&format!("{ROOT}/postgres"))
             .await
             .context("PostgreSQL at 127.0.0.1:5432 (postgres, trust)")?;
@@ -175,10 +193,11 @@ async fn generate(pool: &PgPool, rows: u64) -> Result<()> {
     exec(
         pool,
         "DROP TABLE public.bench_p; DROP TABLE public.bench_c; \
-         SELECT setval('money.billable_xact_id_seq', (SELECT MAX(id) FROM money.billable_xact)); \
-         VACUUM ANALYZE action.circulation",
+         SELECT setval('money.billable_xact_id_seq', (SELECT MAX(id) FROM money.billable_xact))",
     )
     .await?;
+    // VACUUM cannot run in the implicit transaction of a multi-statement query.
+    exec(pool, "VACUUM ANALYZE action.circulation").await?;
     Ok(())
 }
 

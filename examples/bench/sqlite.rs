@@ -72,6 +72,18 @@ impl Koha {
     /// Creates the file afresh in `dir`, with `rows` rows of `old_issues` (2 % with an
     /// open fine), analyzes it and copies it to the pristine file.
     pub async fn setup(rows: u64, dir: &Path) -> Result<Koha> {
+        match Self::build(rows, dir).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                // Leave no half-built file behind.
+                let _ = remove_db(&dir.join("lethe_bench.db"));
+                let _ = remove_db(&dir.join("lethe_bench.pristine.db"));
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(rows: u64, dir: &Path) -> Result<Koha> {
         let path = dir.join("lethe_bench.db");
         let pristine = dir.join("lethe_bench.pristine.db");
         remove_db(&path)?;
