@@ -141,6 +141,8 @@ pub struct BatchStats {
     pub p99: f64,
     /// Longest.
     pub max: f64,
+    /// All batches together: the rest of the run is start-up, checks and counts.
+    pub total: f64,
     /// `safety.batch_size` the events reported (keys per range).
     pub batch_size: Option<u64>,
 }
@@ -160,6 +162,7 @@ impl BatchStats {
             p50: rank(0.50),
             p99: rank(0.99),
             max: ms.last().copied().unwrap_or(0.0),
+            total: ms.iter().sum(),
             batch_size,
         }
     }
@@ -439,7 +442,12 @@ async fn measure<B: Bench>(
             b.reset().await?;
 
             // plan vs the bare count.
-            let plan = run_child(bin, &["--config", cfg_s, "plan", "--json"], dir, "plan")?;
+            let plan = run_child(
+                bin,
+                &["--config", cfg_s, "plan", "--json"],
+                dir,
+                &format!("{backend}-plan"),
+            )?;
             if plan.code != 0 {
                 bail!(
                     "lethe plan exited {}: see {}",
@@ -486,7 +494,7 @@ async fn measure<B: Bench>(
                     "--allow-large",
                 ],
                 dir,
-                "run",
+                &format!("{backend}-run"),
             )?;
             if run.code != 0 {
                 bail!(
@@ -621,7 +629,7 @@ fn markdown(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "| change | method | rows changed | s | rows/s | vs best (b,c) | batch p50 / p99 / max ms | batches | peak RSS MiB |"
+        "| change | method | rows changed | s | rows/s | vs best (b,c) | batch p50 / p99 / max ms | batches (s in them) | peak RSS MiB |"
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in &r.results {
@@ -640,7 +648,7 @@ fn markdown(r: &Report) -> String {
         let (batch, nb) = match &m.batches {
             Some(b) => (
                 format!("{:.1} / {:.1} / {:.1}", b.p50, b.p99, b.max),
-                b.n.to_string(),
+                format!("{} ({:.1})", b.n, b.total / 1000.0),
             ),
             None => ("".into(), "".into()),
         };
