@@ -547,7 +547,14 @@ impl Db {
                 let opts = PgConnectOptions::from_str(url)
                     .map_err(fail)?
                     // The server's own bound (a later `-c` wins over one in the URL).
-                    .options([("statement_timeout", format!("{}ms", limit.as_millis()))]);
+                    // JIT off for Lethe's sessions: a batch statement whose exemptions
+                    // (Evergreen's renewal chain, a recursive CTE) the planner costs
+                    // high was JIT-compiled anew in every batch, about 0.5 s each, for
+                    // a statement that touches a thousand rows (BENCHMARKS.md).
+                    .options([
+                        ("statement_timeout", format!("{}ms", limit.as_millis())),
+                        ("jit", "off".to_string()),
+                    ]);
                 let pool = match PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
