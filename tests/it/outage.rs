@@ -513,15 +513,19 @@ impl Library {
         Lethe::spawn(self.dir.path(), &self.cfg, args, "debug")
     }
 
-    /// Rows pointing to the anonymous patron, per table (direct connection).
+    /// Rows pointing to the anonymous patron with no note left, per table (direct
+    /// connection): anonymizing clears the notes too.
     async fn anonymized(&self) -> (i64, i64) {
         (
             self.db
-                .count(&format!("old_issues WHERE borrowernumber = {}", self.anon))
+                .count(&format!(
+                    "old_issues WHERE borrowernumber = {} AND note IS NULL",
+                    self.anon
+                ))
                 .await,
             self.db
                 .count(&format!(
-                    "old_reserves WHERE borrowernumber = {}",
+                    "old_reserves WHERE borrowernumber = {} AND reservenotes IS NULL",
                     self.anon
                 ))
                 .await,

@@ -89,10 +89,14 @@ async fn changed_rows(db: &TestDb, anon: i64) -> i64 {
     match db.raw {
         Raw::Postgres(_) => db.count("web_sessions WHERE patron_id IS NULL").await,
         _ => {
-            db.count(&format!("old_issues WHERE borrowernumber = {anon}"))
+            db.count(&format!(
+                "old_issues WHERE borrowernumber = {anon} AND note IS NULL"
+            ))
+            .await
+                + db.count(&format!(
+                    "old_reserves WHERE borrowernumber = {anon} AND reservenotes IS NULL"
+                ))
                 .await
-                + db.count(&format!("old_reserves WHERE borrowernumber = {anon}"))
-                    .await
         }
     }
 }
