@@ -57,7 +57,7 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Lethe's safety.batch_size for (a); default: none written, so Lethe's defaults
-    /// apply (first batch 1000 keys, adapted to safety.batch_target up to 10,000)
+    /// apply (first batch 1000 keys, shrunk toward safety.batch_target when slow; batch_max stays batch_size)
     #[arg(long)]
     batch_size: Option<u32>,
     /// Keys per range of (c), each range committed; default: 1000 (Lethe's first batch)
