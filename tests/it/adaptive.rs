@@ -26,29 +26,10 @@ use tracing::instrument::WithSubscriber as _;
 use crate::common::*;
 use crate::engine::{class, plan_at};
 
+/// Each test on the three backends, with the file's tables loaded.
 macro_rules! three_backends {
     ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn sqlite() {
-                let db = $crate::common::TestDb::sqlite().await;
-                db.exec(super::DDL_SQLITE).await;
-                super::$name(db).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn mysql() {
-                if let Some(db) = $crate::common::TestDb::mysql().await {
-                    db.exec(super::DDL_MYSQL).await;
-                    super::$name(db).await
-                }
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn postgres() {
-                if let Some(db) = $crate::common::TestDb::postgres(super::DDL_PG).await {
-                    super::$name(db).await
-                }
-            }
-        }
+        three_backends_with!($name, super::DDL_SQLITE, super::DDL_MYSQL, super::DDL_PG);
     };
 }
 

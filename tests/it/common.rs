@@ -542,3 +542,55 @@ pub async fn accountline(
     )
     .await;
 }
+
+/// One test per backend (`mod $name { sqlite, mysql, postgres }`), each on a scratch
+/// database: SQLite and MariaDB (beside the Koha fixture) with `$sqlite` / `$mysql`
+/// run first, PostgreSQL created with `$pg`. The form with `pg = $pg` loads nothing
+/// more into SQLite and MariaDB. The expressions are evaluated inside `mod $name`, so
+/// a test file's own constants are `super::NAME`. MariaDB and PostgreSQL tests return
+/// at once when their server is not there (`TestDb::mysql`/`postgres`).
+macro_rules! three_backends_with {
+    ($name:ident, $sqlite:expr, $mysql:expr, $pg:expr) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                let db = $crate::common::TestDb::sqlite().await;
+                db.exec($sqlite).await;
+                super::$name(db).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn mysql() {
+                if let Some(db) = $crate::common::TestDb::mysql().await {
+                    db.exec($mysql).await;
+                    super::$name(db).await
+                }
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                if let Some(db) = $crate::common::TestDb::postgres($pg).await {
+                    super::$name(db).await
+                }
+            }
+        }
+    };
+    ($name:ident, pg = $pg:expr) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                super::$name($crate::common::TestDb::sqlite().await).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn mysql() {
+                if let Some(db) = $crate::common::TestDb::mysql().await {
+                    super::$name(db).await
+                }
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                if let Some(db) = $crate::common::TestDb::postgres($pg).await {
+                    super::$name(db).await
+                }
+            }
+        }
+    };
+}

@@ -232,34 +232,6 @@ async fn index_advice_and_creation(db: TestDb) {
     assert!(stdout(&o).contains("index-created {"), "{}", stdout(&o));
 }
 
-/// One test per backend, each on a scratch database with `$sqlite`, `$mysql` (beside
-/// the Koha fixture) or `$pg` loaded (as `three_backends!` in keyless.rs).
-macro_rules! three_backends_with {
-    ($name:ident, $sqlite:expr, $mysql:expr, $pg:expr) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn sqlite() {
-                let db = $crate::common::TestDb::sqlite().await;
-                db.exec($sqlite).await;
-                super::$name(db).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn mysql() {
-                if let Some(db) = $crate::common::TestDb::mysql().await {
-                    db.exec($mysql).await;
-                    super::$name(db).await
-                }
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn postgres() {
-                if let Some(db) = $crate::common::TestDb::postgres($pg).await {
-                    super::$name(db).await
-                }
-            }
-        }
-    };
-}
-
 three_backends_with!(
     index_advice_and_creation,
     super::VISITS_SQLITE,

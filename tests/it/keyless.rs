@@ -10,29 +10,15 @@ use lethe::config::Backend;
 use crate::common::*;
 use crate::engine::{class, plan_at, run_at};
 
+/// Each test on the three backends, with the file's tally tables loaded.
 macro_rules! three_backends {
     ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn sqlite() {
-                let db = $crate::common::TestDb::sqlite().await;
-                db.exec(super::TALLY_SQLITE).await;
-                super::$name(db).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn mysql() {
-                if let Some(db) = $crate::common::TestDb::mysql().await {
-                    db.exec(super::TALLY_MYSQL).await;
-                    super::$name(db).await
-                }
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn postgres() {
-                if let Some(db) = $crate::common::TestDb::postgres(super::TALLY_PG).await {
-                    super::$name(db).await
-                }
-            }
-        }
+        three_backends_with!(
+            $name,
+            super::TALLY_SQLITE,
+            super::TALLY_MYSQL,
+            super::TALLY_PG
+        );
     };
 }
 

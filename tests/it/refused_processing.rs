@@ -15,26 +15,11 @@ use lethe::legal_hold;
 use crate::common::*;
 use crate::engine::{class, plan_at, run_at};
 
+/// Each test on the three backends: the Koha fixture on SQLite and MariaDB, the
+/// tables it needs on PostgreSQL.
 macro_rules! three_backends {
     ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn sqlite() {
-                super::$name($crate::common::TestDb::sqlite().await).await
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn mysql() {
-                if let Some(db) = $crate::common::TestDb::mysql().await {
-                    super::$name(db).await
-                }
-            }
-            #[tokio::test(flavor = "multi_thread")]
-            async fn postgres() {
-                if let Some(db) = $crate::common::TestDb::postgres(super::KOHA_PG).await {
-                    super::$name(db).await
-                }
-            }
-        }
+        three_backends_with!($name, pg = super::KOHA_PG);
     };
 }
 
