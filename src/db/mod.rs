@@ -505,6 +505,9 @@ impl Db {
                     .journal_mode(SqliteJournalMode::Wal)
                     // Deleted rows are overwritten, not left readable in free pages.
                     .pragma("secure_delete", "ON")
+                    // No checkpoint inside a COMMIT: Lethe checkpoints after each
+                    // batch, outside its transaction ([`Db::checkpoint`]).
+                    .pragma("wal_autocheckpoint", "0")
                     .busy_timeout(limit.min(Duration::from_secs(30)));
                 let pool = SqlitePoolOptions::new()
                     .max_connections(2)
@@ -1087,6 +1090,26 @@ impl Db {
         Ok(Some(id))
     }
 
+    /// SQLite: copies the write-ahead log back into the database file with
+    /// `PRAGMA wal_checkpoint(PASSIVE)`, which waits for no reader or writer. Lethe's
+    /// SQLite connections do not checkpoint when they commit (`wal_autocheckpoint = 0`):
+    /// SQLite's automatic checkpoint runs inside the COMMIT call of whichever
+    /// transaction crosses 1000 WAL pages, so about one batch in a hundred took
+    /// 1.6–4 s instead of 50 ms (BENCHMARKS.md). The engine calls this after each
+    /// batch, outside its transaction, so a batch's time is its own. A no-op on the
+    /// servers. A failed checkpoint is logged and otherwise ignored: the log still
+    /// holds every committed change, and the next checkpoint copies it.
+    pub async fn checkpoint(&self) {
+        if let Pool::Sqlite(p) = &self.pool {
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(p)
+                .await
+            {
+                tracing::debug!(error = %e, "WAL checkpoint failed; the next one copies the log");
+            }
+        }
+    }
+
     /// A read-only unit of work: a held connection, each statement its own
     /// (auto-committed) transaction.
     async fn begin_read(&self) -> Result<Tx, DbError> {
@@ -1100,6 +1123,15 @@ impl Db {
     pub async fn read_row_i64<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<Option<i64>>, DbError> {
         let mut tx = self.begin_read().await?;
         tx.fetch_row_i64(stmt).await
+    }
+
+    /// Runs a read-only query and returns every row as [`Cell`]s.
+    ///
+    /// # Errors
+    /// [`DbError::Query`].
+    pub async fn read_cells<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<Vec<Cell>>, DbError> {
+        let mut tx = self.begin_read().await?;
+        tx.fetch_cells(stmt).await
     }
 
     /// Runs a read-only query whose first column is a 64-bit integer: that column of

@@ -362,18 +362,30 @@ struct Counts {
 }
 
 async fn count(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Counts, DbError> {
-    let q = sql::count_query(class, b);
-    let row = db.read_row_i64(&q).await?;
-    let get = |i: usize| row.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
-    Ok(Counts {
-        eligible: get(0),
-        kept: Kept {
-            opt_in: get(1),
-            legal_hold: get(2),
-            obligations: get(3),
-            protected: get(4),
-        },
-    })
+    let rows = db.read_cells(&sql::count_query(class, b)).await?;
+    let mut c = Counts::default();
+    for row in rows {
+        let (Some(reason), Some(n)) = (row.first(), row.get(1)) else {
+            continue;
+        };
+        let n = n.int().max(0) as u64;
+        match reason.int() {
+            0 => c.eligible += n,
+            1 => c.kept.opt_in += n,
+            2 => c.kept.legal_hold += n,
+            3 => c.kept.obligations += n,
+            _ => c.kept.protected += n,
+        }
+    }
+    Ok(c)
+}
+
+/// The rows of the class still eligible ([`sql::eligible_count_query`]).
+async fn eligible_count(db: &Db, class: &ClassDef, b: &Bindings) -> Result<u64, DbError> {
+    let row = db
+        .read_row_i64(&sql::eligible_count_query(class, b))
+        .await?;
+    Ok(row.first().copied().flatten().unwrap_or(0).max(0) as u64)
 }
 
 fn bindings(
@@ -1082,6 +1094,16 @@ async fn enforce_class(
                 if interrupted {
                     break;
                 }
+                // The fixed-point check: only the eligible count (as cheap as a bare
+                // COUNT(*) of the predicate). The kept counts of the first count stand
+                // unless rows are still eligible, which the full count then explains.
+                let left = retrying_step(run_id, name, "count", cancel, || {
+                    eligible_count(db, class, b)
+                })
+                .await?;
+                if left == 0 {
+                    break;
+                }
                 let after =
                     retrying_step(run_id, name, "count", cancel, || count(db, class, b)).await?;
                 s.kept = after.kept;
@@ -1121,6 +1143,7 @@ async fn enforce_class(
         ledger::close_class(db, run_id, &s)
     })
     .await?;
+    db.checkpoint().await;
     tracing::info!(
         run_id,
         class = %class.name,
@@ -1189,6 +1212,7 @@ async fn pass(
                 batch_committed(run_id, class, changed, size, took);
                 progress.add(changed);
                 sizer.record(took);
+                db.checkpoint().await;
                 from = to;
             }
             None => {
@@ -1226,6 +1250,15 @@ async fn batch(
 ) -> Result<Option<(u64, Duration)>, DbError> {
     let began = Instant::now();
     let mut tx = db.begin().await?;
+    if let Some(changed) = range_batch(&mut tx, class, b, from, to).await? {
+        if changed == 0 {
+            // Nothing changed, nothing written: dropping `tx` rolls it back.
+            return Ok(None);
+        }
+        ledger::add_batch(&mut tx, run_id, &class.name, changed).await?;
+        tx.commit().await?;
+        return Ok(Some((changed, began.elapsed())));
+    }
     let keys = tx
         .fetch_i64s(&sql::batch_keys_query(class, b, from, to))
         .await?;
@@ -1289,6 +1322,32 @@ async fn batch(
     Ok(Some((changed, began.elapsed())))
 }
 
+/// The batch as one statement over the key range, for classes that need no list of
+/// the keys they change: anonymize (no pseudonyms to look up) and delete with no
+/// `delete_with` or `unlink`. This is the database's own range loop (one statement per
+/// range, then COMMIT) with the ledger's count added; the key-list form costs a
+/// `SELECT … FOR UPDATE` round trip and a second evaluation of the predicate. Returns
+/// the rows changed, or `None` when the class needs the key-list form.
+async fn range_batch(
+    tx: &mut crate::db::Tx,
+    class: &ClassDef,
+    b: &Bindings,
+    from: i64,
+    to: i64,
+) -> Result<Option<u64>, DbError> {
+    match class.action {
+        Action::Anonymize => Ok(Some(
+            tx.execute(&sql::anonymize_range_statement(class, b, from, to))
+                .await?,
+        )),
+        Action::Delete if class.delete_with.is_empty() && class.unlink.is_none() => Ok(Some(
+            tx.execute(&sql::delete_range_statement(class, b, from, to))
+                .await?,
+        )),
+        _ => Ok(None),
+    }
+}
+
 /// One pass over a table without a key (MySQL, PostgreSQL): batches of at most as many
 /// eligible rows as the class's [`BatchSizer`] says (the first `safety.batch_size`),
 /// until a batch finds none or the pass has changed `eligible` rows (a changed row
@@ -1321,6 +1380,7 @@ async fn limit_pass(
             limit_batch(db, run_id, class, b, u64::from(size))
         );
         batch_committed(run_id, class, changed, size, took);
+        db.checkpoint().await;
         if changed == 0 {
             break;
         }
