@@ -17,7 +17,7 @@
 //!   `SELECT COUNT(*) … WHERE <same predicate>`; the two counts must agree;
 //! - (a) `lethe run --once --json --allow-large` with `RUST_LOG=lethe=debug` and JSON
 //!   logs: the `"batch committed"` events' `batch_ms` give the batch transaction
-//!   times, `wait4`'s `ru_maxrss` the child's peak resident memory;
+//!   times, the child's `VmHWM` (polled from /proc) its peak resident memory;
 //! - (b) the single SQL statement with the same predicate and cutoff;
 //! - (c) the same statement over primary-key ranges inside the server, committing each
 //!   range (a MariaDB stored procedure, a PostgreSQL procedure; SQLite has no server, so
@@ -60,6 +60,10 @@ struct Args {
     /// apply (first batch 1000 keys, shrunk toward safety.batch_target when slow; batch_max stays batch_size)
     #[arg(long)]
     batch_size: Option<u32>,
+    /// Lethe's safety.batch_max for (a): how far adaptive batches may grow past
+    /// batch_size while they stay under safety.batch_target (100 ms); default: none written
+    #[arg(long)]
+    batch_max: Option<u32>,
     /// Keys per range of (c), each range committed; default: 1000 (Lethe's first batch)
     #[arg(long)]
     range: Option<u64>,
@@ -72,6 +76,13 @@ struct Args {
     /// The Lethe binary (default: target/release/lethe beside this example)
     #[arg(long)]
     lethe: Option<PathBuf>,
+}
+
+/// The `safety:` keys the harness writes for (a); `None` leaves Lethe's default.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Tuning {
+    pub batch_size: Option<u32>,
+    pub batch_max: Option<u32>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +107,7 @@ pub enum Change {
 /// only; counts are rows of the class's table changed by the statement itself.
 pub(crate) trait Bench {
     /// The `retention.yaml` that enables only the measured class, making `change`.
-    fn config_yaml(&self, change: Change, batch_size: Option<u32>) -> String;
+    fn config_yaml(&self, change: Change, tuning: Tuning) -> String;
     /// The changes measured on this backend.
     fn changes(&self) -> Vec<Change>;
     /// The measured table, for the report.
@@ -144,13 +155,17 @@ pub struct BatchStats {
     pub max: f64,
     /// All batches together: the rest of the run is start-up, checks and counts.
     pub total: f64,
-    /// `safety.batch_size` the events reported (keys per range).
-    pub batch_size: Option<u64>,
+    /// Keys per range the events reported (`batch_size`): smallest, median, largest.
+    /// Adaptive batches move between safety.batch_min and safety.batch_max.
+    pub keys_min: Option<u64>,
+    pub keys_p50: Option<u64>,
+    pub keys_max: Option<u64>,
 }
 
 impl BatchStats {
-    fn of(mut ms: Vec<f64>, batch_size: Option<u64>) -> BatchStats {
+    fn of(mut ms: Vec<f64>, mut sizes: Vec<u64>) -> BatchStats {
         ms.sort_by(f64::total_cmp);
+        sizes.sort_unstable();
         let rank = |p: f64| -> f64 {
             if ms.is_empty() {
                 return 0.0;
@@ -164,7 +179,9 @@ impl BatchStats {
             p99: rank(0.99),
             max: ms.last().copied().unwrap_or(0.0),
             total: ms.iter().sum(),
-            batch_size,
+            keys_min: sizes.first().copied(),
+            keys_p50: sizes.get(sizes.len() / 2).copied(),
+            keys_max: sizes.last().copied(),
         }
     }
 }
@@ -219,6 +236,8 @@ struct Report {
     load_after: String,
     generate_secs: f64,
     shape: serde_json::Value,
+    /// The safety keys written for (a) (`null`: Lethe's default).
+    tuning: Tuning,
     plan_vs_count: Vec<PlanVsCount>,
     results: Vec<Measure>,
     summary: Vec<Summary>,
@@ -233,8 +252,8 @@ struct ChildRun {
     stderr_path: PathBuf,
 }
 
-/// Runs `bin args…` with stdout and stderr in files, reaping it with `wait4` so that
-/// its own `ru_maxrss` (KiB on Linux) is read, not the maximum over all children.
+/// Runs `bin args…` with stdout and stderr in files; returns its exit code, wall time
+/// and its own peak resident memory (KiB).
 fn run_child(bin: &Path, args: &[&str], dir: &Path, tag: &str) -> Result<ChildRun> {
     let out_path = dir.join(format!("{tag}.stdout"));
     let err_path = dir.join(format!("{tag}.stderr"));
@@ -251,14 +270,29 @@ fn run_child(bin: &Path, args: &[&str], dir: &Path, tag: &str) -> Result<ChildRu
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data that wait4 fills; pid is our own child, not yet
-    // reaped (std's Child does not wait on drop).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let secs = start.elapsed().as_secs_f64();
-    if r != pid {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
+    // Peak memory is the child's own high-water mark (`VmHWM` in /proc/<pid>/status),
+    // read every 10 ms while it runs. Not `ru_maxrss` from wait4: Linux carries the
+    // parent's peak RSS over into a child it spawns (the exec'd process inherits the
+    // spawning mm's high-water mark), so a child of this harness, which has generated
+    // millions of rows, reported the harness's own growth as Lethe's (the first
+    // BENCHMARKS.md numbers: 15.9 MiB at 100k rows, 56.8 MiB at 1M).
+    let hwm_path = format!("/proc/{pid}/status");
+    let mut peak_kib: i64 = 0;
+    let secs = loop {
+        if let Some(kib) = vm_hwm_kib(&hwm_path) {
+            peak_kib = peak_kib.max(kib);
+        }
+        // SAFETY: pid is our own child, not yet reaped (std's Child does not wait on
+        // drop); WNOHANG returns 0 while it runs.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break start.elapsed().as_secs_f64();
+        }
+        if r != 0 {
+            bail!("waitpid failed: {}", std::io::Error::last_os_error());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     drop(child);
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
@@ -267,18 +301,26 @@ fn run_child(bin: &Path, args: &[&str], dir: &Path, tag: &str) -> Result<ChildRu
     };
     Ok(ChildRun {
         code,
-        maxrss_kib: usage.ru_maxrss,
+        maxrss_kib: peak_kib,
         secs,
         stdout: std::fs::read_to_string(&out_path)?,
         stderr_path: err_path,
     })
 }
 
+/// `VmHWM` (peak resident set, KiB) of a running process's /proc status file; `None`
+/// once it has exited (a zombie has no memory map) or when the line is missing.
+fn vm_hwm_kib(status_path: &str) -> Option<i64> {
+    let text = std::fs::read_to_string(status_path).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The `"batch committed"` events' `batch_ms` and `batch_size` in a JSON log.
-fn batch_times(stderr: &Path) -> Result<(Vec<f64>, Option<u64>)> {
+fn batch_times(stderr: &Path) -> Result<(Vec<f64>, Vec<u64>)> {
     let text = std::fs::read_to_string(stderr)?;
     let mut ms = Vec::new();
-    let mut size = None;
+    let mut sizes = Vec::new();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -292,10 +334,10 @@ fn batch_times(stderr: &Path) -> Result<(Vec<f64>, Option<u64>)> {
                 );
             };
             ms.push(t);
-            size = f["batch_size"].as_u64().or(size);
+            sizes.extend(f["batch_size"].as_u64());
         }
     }
-    Ok((ms, size))
+    Ok((ms, sizes))
 }
 
 /// The one class of a `plan --json` / `run --once --json` answer.
@@ -438,7 +480,13 @@ async fn measure<B: Bench>(
     let outcome: Result<()> = async {
         for change in b.changes() {
             let cfg = dir.join(format!("{backend}-{change:?}.yaml").to_lowercase());
-            std::fs::write(&cfg, b.config_yaml(change, args.batch_size))?;
+            std::fs::write(&cfg, b.config_yaml(
+                change,
+                Tuning {
+                    batch_size: args.batch_size,
+                    batch_max: args.batch_max,
+                },
+            ))?;
             let cfg_s = cfg.to_str().context("config path is not UTF-8")?;
             b.reset().await?;
 
@@ -506,7 +554,7 @@ async fn measure<B: Bench>(
             }
             let rc = class_of(&run.stdout, class)?;
             let affected = rc["affected"].as_u64().context("run: no affected count")?;
-            let (ms, size) = batch_times(&run.stderr_path)?;
+            let (ms, sizes) = batch_times(&run.stderr_path)?;
             let after_a = if change == Change::Delete {
                 Some(b.table_rows().await?)
             } else {
@@ -521,7 +569,7 @@ async fn measure<B: Bench>(
                 rows_per_sec: affected as f64 / run.secs,
                 sampled: false,
                 table_rows_after: after_a,
-                batches: Some(BatchStats::of(ms, size)),
+                batches: Some(BatchStats::of(ms, sizes)),
                 peak_rss_mib: Some(mib(run.maxrss_kib)),
             });
 
@@ -614,6 +662,10 @@ async fn measure<B: Bench>(
         load_after: String::new(),
         generate_secs,
         shape,
+        tuning: Tuning {
+            batch_size: args.batch_size,
+            batch_max: args.batch_max,
+        },
         plan_vs_count: plans,
         results,
         summary,
@@ -628,9 +680,24 @@ fn markdown(r: &Report) -> String {
         "### {} — {} rows in `{}` (load {} → {}; generated in {:.0} s)\n",
         r.backend, r.rows, r.table, r.load_before, r.load_after, r.generate_secs
     );
+    let tuned = safety_yaml(r.tuning);
     let _ = writeln!(
         s,
-        "| change | method | rows changed | s | rows/s | vs best (b,c) | batch p50 / p99 / max ms | batches (s in them) | peak RSS MiB |"
+        "Lethe's safety keys for (a): {}\n",
+        if tuned.is_empty() {
+            "none written (the defaults)".to_string()
+        } else {
+            tuned
+                .lines()
+                .skip(1)
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| change | method | rows changed | s | rows/s | vs best (b,c) | batch p50 / p99 / max ms | batches (s in them; keys min / p50 / max) | peak RSS MiB |"
     );
     let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in &r.results {
@@ -649,7 +716,15 @@ fn markdown(r: &Report) -> String {
         let (batch, nb) = match &m.batches {
             Some(b) => (
                 format!("{:.1} / {:.1} / {:.1}", b.p50, b.p99, b.max),
-                format!("{} ({:.1})", b.n, b.total / 1000.0),
+                match (b.keys_min, b.keys_p50, b.keys_max) {
+                    (Some(lo), Some(mid), Some(hi)) if lo != hi => format!(
+                        "{} ({:.1} s; keys {lo} / {mid} / {hi})",
+                        b.n,
+                        b.total / 1000.0
+                    ),
+                    (Some(k), _, _) => format!("{} ({:.1} s; keys {k})", b.n, b.total / 1000.0),
+                    _ => format!("{} ({:.1} s)", b.n, b.total / 1000.0),
+                },
             ),
             None => ("".into(), "".into()),
         };
@@ -713,12 +788,12 @@ pub fn koha_predicate(change: Change) -> String {
 
 /// The Koha `retention.yaml` of the benchmark: only `circulation_history`, as shipped
 /// or with `action: delete`; the report waits in an outbox beside the config.
-pub fn koha_config(url: &str, change: Change, batch_size: Option<u32>) -> String {
+pub fn koha_config(url: &str, change: Change, tuning: Tuning) -> String {
     let action = match change {
         Change::Anonymize => "",
         Change::Delete => "\n    action: delete",
     };
-    let safety = safety_yaml(batch_size);
+    let safety = safety_yaml(tuning);
     format!(
         "library: Lethe benchmark\n\
          database:\n  url: \"{url}\"\n\
@@ -731,12 +806,20 @@ pub fn koha_config(url: &str, change: Change, batch_size: Option<u32>) -> String
     )
 }
 
-/// The `safety:` section: `batch_size` only when `--batch-size` was given (otherwise
-/// Lethe's defaults, adaptive batches included, are what is measured).
-pub fn safety_yaml(batch_size: Option<u32>) -> String {
-    match batch_size {
-        Some(n) => format!("safety:\n  batch_size: {n}\n"),
-        None => String::new(),
+/// The `safety:` section: `batch_size` and `batch_max` only when given on the command
+/// line (otherwise Lethe's defaults, adaptive batches included, are what is measured).
+pub fn safety_yaml(tuning: Tuning) -> String {
+    let mut keys = String::new();
+    if let Some(n) = tuning.batch_size {
+        keys.push_str(&format!("  batch_size: {n}\n"));
+    }
+    if let Some(n) = tuning.batch_max {
+        keys.push_str(&format!("  batch_max: {n}\n"));
+    }
+    if keys.is_empty() {
+        keys
+    } else {
+        format!("safety:\n{keys}")
     }
 }
 

@@ -209,8 +209,8 @@ async fn generate(pool: &MySqlPool, rows: u64, anon: i64) -> Result<()> {
 }
 
 impl Bench for Koha {
-    fn config_yaml(&self, change: Change, batch_size: Option<u32>) -> String {
-        koha_config(&format!("{ROOT}/{DB}"), change, batch_size)
+    fn config_yaml(&self, change: Change, tuning: crate::Tuning) -> String {
+        koha_config(&format!("{ROOT}/{DB}"), change, tuning)
     }
 
     fn changes(&self) -> Vec<Change> {

@@ -237,8 +237,8 @@ async fn generate(pool: &PgPool, rows: u64) -> Result<()> {
 }
 
 impl Bench for Evergreen {
-    fn config_yaml(&self, _change: Change, batch_size: Option<u32>) -> String {
-        let safety = crate::safety_yaml(batch_size);
+    fn config_yaml(&self, _change: Change, tuning: crate::Tuning) -> String {
+        let safety = crate::safety_yaml(tuning);
         format!(
             "library: Lethe benchmark\n\
              database:\n  url: \"{ROOT}/{DB}\"\n\

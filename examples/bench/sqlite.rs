@@ -189,12 +189,8 @@ impl Koha {
 }
 
 impl Bench for Koha {
-    fn config_yaml(&self, change: Change, batch_size: Option<u32>) -> String {
-        koha_config(
-            &format!("sqlite://{}", self.path.display()),
-            change,
-            batch_size,
-        )
+    fn config_yaml(&self, change: Change, tuning: crate::Tuning) -> String {
+        koha_config(&format!("sqlite://{}", self.path.display()), change, tuning)
     }
 
     fn changes(&self) -> Vec<Change> {
