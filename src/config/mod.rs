@@ -209,9 +209,11 @@ pub struct Safety {
     /// The smallest size adaptation may choose, as written (1..=10,000); `None`: 100,
     /// or `batch_size` when that is smaller. Read it through [`Safety::batch_bounds`].
     pub batch_min: Option<u32>,
-    /// The largest size adaptation may choose, as written (1..=10,000); `None`:
-    /// `batch_size`, so that a batch never covers more keys than configured unless the
-    /// administrator opts in to larger ones. Read it through [`Safety::batch_bounds`].
+    /// The largest size adaptation may choose (1..=10,000). As written; when the file
+    /// sets neither it nor `batch_size`, [`DEFAULT_BATCH_MAX`] (batches grow where they
+    /// stay under `batch_target`); `None` (the file sets `batch_size` only):
+    /// `batch_size`, so that a batch never covers more keys than the administrator
+    /// wrote unless they opt in to larger ones. Read it through [`Safety::batch_bounds`].
     pub batch_max: Option<u32>,
     /// Largest share of a table one class may change in a run (default 0.5).
     pub max_fraction: f64,
@@ -1398,7 +1400,11 @@ impl Validator<'_> {
             }
         };
         let batch_min = bound("safety.batch_min", s.batch_min);
-        let batch_max = bound("safety.batch_max", s.batch_max);
+        // Written batch_size: the most a batch covers unless batch_max says more (an
+        // administrator's explicit size is respected). No batch_size: batches may grow
+        // to DEFAULT_BATCH_MAX where they stay under batch_target.
+        let batch_max = bound("safety.batch_max", s.batch_max)
+            .or(s.batch_size.is_none().then_some(DEFAULT_BATCH_MAX));
         if let Some(min) = batch_min.filter(|m| *m > batch_size) {
             self.err(
                 "safety.batch_min",
@@ -2616,6 +2622,11 @@ fn merge_class(base: &mut RawClass, mut over: RawClass) {
 /// The default of `safety.batch_target`: 100 ms, short enough that a checkout at the
 /// circulation desk waiting on a row lock does not notice (issue 7).
 pub const DEFAULT_BATCH_TARGET: Duration = Duration::from_millis(100);
+
+/// `safety.batch_max` when the file sets neither it nor `batch_size`: 10,000 keys, the
+/// most one batch may bind as parameters (SQLite allows 32,766 per statement, and a
+/// pseudonymizing batch binds three per key).
+pub const DEFAULT_BATCH_MAX: u32 = 10_000;
 
 /// Parses `safety.batch_target`: a whole number of milliseconds or seconds, with or
 /// without a space (`"100ms"`, `"250 milliseconds"`, `"2 seconds"`, `"1s"`), from

@@ -105,7 +105,7 @@ pub struct RawSafety {
     /// Smallest batch size adaptation may choose, 1 to 10000, at most batch_size. Default: 100, or batch_size when smaller.
     #[schemars(range(min = 1, max = 10000))]
     pub batch_min: Option<i64>,
-    /// Largest batch size adaptation may choose, 1 to 10000, at least batch_size. Default: batch_size (batches grow past it only when this is set higher).
+    /// Largest batch size adaptation may choose, 1 to 10000, at least batch_size. Default: 10000 when batch_size is not set either (batches grow while they stay under batch_target); batch_size when it is set (batches grow past a written size only when this is set higher).
     #[schemars(range(min = 1, max = 10000))]
     pub batch_max: Option<i64>,
     /// Circuit breaker: the largest share of a table one class may change in one run,

@@ -249,11 +249,14 @@ fn adaptive_batch_settings_are_read_with_their_defaults_and_bounds() {
     };
     let cfg = parse("").unwrap();
     assert_eq!(cfg.safety.batch_target, Duration::from_millis(100));
-    // Alone, batch_size is the start and the most: batches only shrink when slow.
+    // Nothing written: start at 1000, grow to 10,000 while under the target.
     assert_eq!(
         (cfg.safety.batch_size, cfg.safety.batch_bounds()),
-        (1000, (100, 1000))
+        (1000, (100, 10_000))
     );
+    // A written batch_size is the start and the most: batches only shrink when slow.
+    let cfg = parse("safety:\n  batch_size: 1000\n").unwrap();
+    assert_eq!(cfg.safety.batch_bounds(), (100, 1000));
     // A small batch_size is its own floor: fixed batches, as before adaptation.
     let cfg = parse("safety:\n  batch_size: 7\n").unwrap();
     assert_eq!(cfg.safety.batch_bounds(), (7, 7));

@@ -478,7 +478,10 @@ async fn ledger_counts_equal_rows_changed(db: TestDb) {
         old_issue(&db, 1000 + n * 3, Some(10), Some("2020-01-01 10:00:00")).await;
     }
     let mut cfg = db.config(ONLY_CIRC);
+    // Fixed at 10 keys: adaptation would otherwise grow fast batches toward batch_max.
     cfg.safety.batch_size = 10;
+    cfg.safety.batch_min = Some(10);
+    cfg.safety.batch_max = Some(10);
     let r = run_at(&cfg, now(), true).await;
     assert_eq!(class(&r, "circulation_history").affected, 57);
     let id = r.run_id.unwrap();
