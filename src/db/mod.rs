@@ -1125,15 +1125,6 @@ impl Db {
         tx.fetch_row_i64(stmt).await
     }
 
-    /// Runs a read-only query and returns every row as [`Cell`]s.
-    ///
-    /// # Errors
-    /// [`DbError::Query`].
-    pub async fn read_cells<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<Vec<Cell>>, DbError> {
-        let mut tx = self.begin_read().await?;
-        tx.fetch_cells(stmt).await
-    }
-
     /// Runs a read-only query whose first column is a 64-bit integer: that column of
     /// every row (NULLs skipped).
     ///

@@ -361,20 +361,24 @@ struct Counts {
     kept: Kept,
 }
 
+/// The class's eligible rows and its kept rows by reason: [`eligible_count`], then one
+/// [`sql::kept_count_query`] per reason the class has exemptions of.
 async fn count(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Counts, DbError> {
-    let rows = db.read_cells(&sql::count_query(class, b)).await?;
-    let mut c = Counts::default();
-    for row in rows {
-        let (Some(reason), Some(n)) = (row.first(), row.get(1)) else {
+    let mut c = Counts {
+        eligible: eligible_count(db, class, b).await?,
+        kept: Kept::default(),
+    };
+    for reason in crate::config::Reason::ALL {
+        let Some(q) = sql::kept_count_query(class, b, reason) else {
             continue;
         };
-        let n = n.int().max(0) as u64;
-        match reason.int() {
-            0 => c.eligible += n,
-            1 => c.kept.opt_in += n,
-            2 => c.kept.legal_hold += n,
-            3 => c.kept.obligations += n,
-            _ => c.kept.protected += n,
+        let row = db.read_row_i64(&q).await?;
+        let n = row.first().copied().flatten().unwrap_or(0).max(0) as u64;
+        match reason {
+            crate::config::Reason::OptIn => c.kept.opt_in = n,
+            crate::config::Reason::LegalHold => c.kept.legal_hold = n,
+            crate::config::Reason::Obligations => c.kept.obligations = n,
+            crate::config::Reason::Protected => c.kept.protected = n,
         }
     }
     Ok(c)
