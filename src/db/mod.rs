@@ -191,7 +191,15 @@ pub(crate) enum Pool {
 pub struct Db {
     pool: Pool,
     limit: Duration,
+    /// SQLite: when [`Db::checkpoint`] last copied the write-ahead log back.
+    checkpointed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// SQLite: the least time between two checkpoints of [`Db::checkpoint`]. Checkpointing
+/// after every batch cost about 50 ms a batch (copying and syncing the pages of each
+/// batch separately; 5 of a 14 s run on 1M rows); once a second bounds the log to a
+/// second of Lethe's writes and copies a page changed by several batches once.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The default of `safety.statement_timeout`: 5 minutes. Lethe's statements are
 /// batches of at most `safety.batch_size` keys and counts over one table; a statement
@@ -576,7 +584,11 @@ impl Db {
                 Pool::Postgres(pool)
             }
         };
-        Ok(Db { pool, limit })
+        Ok(Db {
+            pool,
+            limit,
+            checkpointed: std::sync::Arc::new(std::sync::Mutex::new(None)),
+        })
     }
 
     /// The pool, for the run lock (which opens a connection of its own with the same
@@ -1096,11 +1108,23 @@ impl Db {
     /// SQLite's automatic checkpoint runs inside the COMMIT call of whichever
     /// transaction crosses 1000 WAL pages, so about one batch in a hundred took
     /// 1.6–4 s instead of 50 ms (BENCHMARKS.md). The engine calls this after each
-    /// batch, outside its transaction, so a batch's time is its own. A no-op on the
+    /// batch, outside its transaction, so a batch's time is its own; it checkpoints at
+    /// most once per [`CHECKPOINT_EVERY`] unless `force` (the end of a class). A no-op on the
     /// servers. A failed checkpoint is logged and otherwise ignored: the log still
     /// holds every committed change, and the next checkpoint copies it.
-    pub async fn checkpoint(&self) {
+    pub async fn checkpoint(&self, force: bool) {
         if let Pool::Sqlite(p) = &self.pool {
+            {
+                let mut last = self
+                    .checkpointed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let now = std::time::Instant::now();
+                if !force && last.is_some_and(|t| now.duration_since(t) < CHECKPOINT_EVERY) {
+                    return;
+                }
+                *last = Some(now);
+            }
             if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                 .execute(p)
                 .await
@@ -1123,6 +1147,15 @@ impl Db {
     pub async fn read_row_i64<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<Option<i64>>, DbError> {
         let mut tx = self.begin_read().await?;
         tx.fetch_row_i64(stmt).await
+    }
+
+    /// Runs a read-only query and returns every row as [`Cell`]s.
+    ///
+    /// # Errors
+    /// [`DbError::Query`].
+    pub async fn read_cells<S: SqlxBinder>(&self, stmt: &S) -> Result<Vec<Vec<Cell>>, DbError> {
+        let mut tx = self.begin_read().await?;
+        tx.fetch_cells(stmt).await
     }
 
     /// Runs a read-only query whose first column is a 64-bit integer: that column of

@@ -388,6 +388,48 @@ pub fn eligible(class: &ClassDef, b: &Bindings) -> SqCond {
     c
 }
 
+/// The reason column of [`count_query`]: 0 for an eligible row, `i + 1` for a row kept
+/// under `Reason::ALL[i]`.
+pub const REASON_COLUMN: &str = "lethe_reason";
+
+/// `SELECT CASE WHEN <an exemption of the first reason> THEN 1 WHEN … ELSE 0 END AS
+/// lethe_reason, COUNT(*) FROM table WHERE <in period> GROUP BY lethe_reason`: one scan,
+/// each row counted once, under the first reason that keeps it (0: eligible); at most
+/// five rows. The class count on SQLite, which evaluates a correlated `EXISTS` once
+/// per candidate row wherever it stands, so one scan beats one per reason (1M Koha
+/// loans: 1.5 s for four queries). The servers use [`eligible_count_query`] and
+/// [`kept_count_query`] instead.
+pub fn count_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
+    let mut case = sea_query::CaseStatement::new();
+    let mut any = false;
+    for (i, reason) in Reason::ALL.iter().enumerate() {
+        let mut this = Cond::any();
+        let mut has_this = false;
+        for (r, c) in &class.exempt {
+            if r == reason {
+                this = this.add(condition(class, c, b));
+                has_this = true;
+            }
+        }
+        if has_this {
+            case = case.case(this, Expr::val(i as i64 + 1));
+            any = true;
+        }
+    }
+    let reason: Expr = if any {
+        case.finally(Expr::val(0i64)).into()
+    } else {
+        Expr::val(0i64)
+    };
+    let mut q = Query::select();
+    q.expr_as(as_i64(reason, b.backend), Alias::new(REASON_COLUMN))
+        .expr_as(Func::count(Expr::col(Asterisk)), Alias::new("n"))
+        .from(table_ref(&class.table))
+        .cond_where(in_period(class, b))
+        .group_by_col(Alias::new(REASON_COLUMN));
+    q
+}
+
 /// `SELECT COUNT(*) FROM table WHERE <in period> AND (<an exemption of reason>) AND NOT
 /// (<an exemption of an earlier reason>)`: the rows kept under `reason`, each row
 /// counted under the first reason of [`Reason::ALL`] that keeps it. `None` when the

@@ -361,9 +361,13 @@ struct Counts {
     kept: Kept,
 }
 
-/// The class's eligible rows and its kept rows by reason: [`eligible_count`], then one
-/// [`sql::kept_count_query`] per reason the class has exemptions of.
+/// The class's eligible rows and its kept rows by reason: on the servers
+/// [`eligible_count`], then one [`sql::kept_count_query`] per reason the class has
+/// exemptions of; on SQLite [`count_in_one_scan`].
 async fn count(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Counts, DbError> {
+    if db.backend() == Backend::Sqlite {
+        return count_in_one_scan(db, class, b).await;
+    }
     let mut c = Counts {
         eligible: eligible_count(db, class, b).await?,
         kept: Kept::default(),
@@ -379,6 +383,26 @@ async fn count(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Counts, DbErro
             crate::config::Reason::LegalHold => c.kept.legal_hold = n,
             crate::config::Reason::Obligations => c.kept.obligations = n,
             crate::config::Reason::Protected => c.kept.protected = n,
+        }
+    }
+    Ok(c)
+}
+
+/// [`sql::count_query`]: eligible and kept rows by reason in one scan (SQLite).
+async fn count_in_one_scan(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Counts, DbError> {
+    let rows = db.read_cells(&sql::count_query(class, b)).await?;
+    let mut c = Counts::default();
+    for row in rows {
+        let (Some(reason), Some(n)) = (row.first(), row.get(1)) else {
+            continue;
+        };
+        let n = n.int().max(0) as u64;
+        match reason.int() {
+            0 => c.eligible += n,
+            1 => c.kept.opt_in += n,
+            2 => c.kept.legal_hold += n,
+            3 => c.kept.obligations += n,
+            _ => c.kept.protected += n,
         }
     }
     Ok(c)
@@ -1147,7 +1171,7 @@ async fn enforce_class(
         ledger::close_class(db, run_id, &s)
     })
     .await?;
-    db.checkpoint().await;
+    db.checkpoint(true).await;
     tracing::info!(
         run_id,
         class = %class.name,
@@ -1216,7 +1240,7 @@ async fn pass(
                 batch_committed(run_id, class, changed, size, took);
                 progress.add(changed);
                 sizer.record(took);
-                db.checkpoint().await;
+                db.checkpoint(false).await;
                 from = to;
             }
             None => {
@@ -1384,7 +1408,7 @@ async fn limit_pass(
             limit_batch(db, run_id, class, b, u64::from(size))
         );
         batch_committed(run_id, class, changed, size, took);
-        db.checkpoint().await;
+        db.checkpoint(false).await;
         if changed == 0 {
             break;
         }
