@@ -57,7 +57,7 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Lethe's safety.batch_size for (a); default: none written, so Lethe's defaults
-    /// apply (first batch 1000 keys, shrunk toward safety.batch_target when slow; batch_max stays batch_size)
+    /// apply (first batch 1000 keys, then sized toward safety.batch_target, up to 10,000)
     #[arg(long)]
     batch_size: Option<u32>,
     /// Lethe's safety.batch_max for (a): how far adaptive batches may grow past
