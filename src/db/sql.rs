@@ -403,15 +403,7 @@ pub fn count_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
     let mut case = sea_query::CaseStatement::new();
     let mut any = false;
     for (i, reason) in Reason::ALL.iter().enumerate() {
-        let mut this = Cond::any();
-        let mut has_this = false;
-        for (r, c) in &class.exempt {
-            if r == reason {
-                this = this.add(condition(class, c, b));
-                has_this = true;
-            }
-        }
-        if has_this {
+        if let Some(this) = reason_exemption(class, b, *reason) {
             case = case.case(this, Expr::val(i as i64 + 1));
             any = true;
         }
@@ -440,29 +432,31 @@ pub fn count_query(class: &ClassDef, b: &Bindings) -> SelectStatement {
 /// exemption as a dependent subquery per row instead: 1.9 s against 0.4 s for the
 /// eligible count on 1M Koha loans in MariaDB (BENCHMARKS.md).
 pub fn kept_count_query(class: &ClassDef, b: &Bindings, reason: Reason) -> Option<SelectStatement> {
-    let mut this = Cond::any();
-    let mut has_this = false;
-    let mut earlier = Vec::new();
-    for (r, c) in &class.exempt {
-        if *r == reason {
-            this = this.add(condition(class, c, b));
-            has_this = true;
-        } else if *r < reason {
-            earlier.push(condition(class, c, b));
-        }
-    }
-    if !has_this {
-        return None;
-    }
+    let this = reason_exemption(class, b, reason)?;
     let mut q = Query::select();
     q.expr_as(Func::count(Expr::col(Asterisk)), Alias::new("kept"))
         .from(table_ref(&class.table))
         .cond_where(in_period(class, b))
         .cond_where(this);
-    for e in earlier {
-        q.cond_where(e.not());
+    for earlier in Reason::ALL.iter().filter(|r| **r < reason) {
+        if let Some(e) = reason_exemption(class, b, *earlier) {
+            q.cond_where(e.not());
+        }
     }
     Some(q)
+}
+
+/// Any exemption of the class under `reason` holds; `None` when it has none.
+fn reason_exemption(class: &ClassDef, b: &Bindings, reason: Reason) -> Option<SqCond> {
+    let mut any = Cond::any();
+    let mut has = false;
+    for (r, c) in &class.exempt {
+        if *r == reason {
+            any = any.add(condition(class, c, b));
+            has = true;
+        }
+    }
+    has.then_some(any)
 }
 
 /// `SELECT COUNT(*) FROM table WHERE <eligible>`: the rows still to change, without

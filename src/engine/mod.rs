@@ -377,15 +377,21 @@ async fn count(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Counts, DbErro
             continue;
         };
         let row = db.read_row_i64(&q).await?;
-        let n = row.first().copied().flatten().unwrap_or(0).max(0) as u64;
-        match reason {
-            crate::config::Reason::OptIn => c.kept.opt_in = n,
-            crate::config::Reason::LegalHold => c.kept.legal_hold = n,
-            crate::config::Reason::Obligations => c.kept.obligations = n,
-            crate::config::Reason::Protected => c.kept.protected = n,
-        }
+        *kept_under(&mut c.kept, reason) =
+            row.first().copied().flatten().unwrap_or(0).max(0) as u64;
     }
     Ok(c)
+}
+
+/// The count of `kept` under `reason`.
+fn kept_under(kept: &mut Kept, reason: crate::config::Reason) -> &mut u64 {
+    use crate::config::Reason;
+    match reason {
+        Reason::OptIn => &mut kept.opt_in,
+        Reason::LegalHold => &mut kept.legal_hold,
+        Reason::Obligations => &mut kept.obligations,
+        Reason::Protected => &mut kept.protected,
+    }
 }
 
 /// [`sql::count_query`]: eligible and kept rows by reason in one scan (SQLite).
@@ -397,12 +403,16 @@ async fn count_in_one_scan(db: &Db, class: &ClassDef, b: &Bindings) -> Result<Co
             continue;
         };
         let n = n.int().max(0) as u64;
+        // 0: eligible; i + 1: kept under Reason::ALL[i] (sql::REASON_COLUMN).
         match reason.int() {
             0 => c.eligible += n,
-            1 => c.kept.opt_in += n,
-            2 => c.kept.legal_hold += n,
-            3 => c.kept.obligations += n,
-            _ => c.kept.protected += n,
+            code => {
+                let r = usize::try_from(code - 1)
+                    .ok()
+                    .and_then(|i| crate::config::Reason::ALL.get(i).copied())
+                    .unwrap_or(crate::config::Reason::Protected);
+                *kept_under(&mut c.kept, r) += n;
+            }
         }
     }
     Ok(c)
