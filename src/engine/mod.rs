@@ -1418,7 +1418,6 @@ async fn limit_pass(
             limit_batch(db, run_id, class, b, u64::from(size))
         );
         batch_committed(run_id, class, changed, size, took);
-        db.checkpoint(false).await;
         if changed == 0 {
             break;
         }
