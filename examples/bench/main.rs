@@ -436,7 +436,7 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     let report = match args.backend {
         BackendKind::Mysql => {
-            let b = mysql::Koha::setup(args.rows).await?;
+            let b = mysql::Koha::setup(args.rows, &dir).await?;
             let gen_secs = t.elapsed().as_secs_f64();
             measure(b, &args, &bin, &dir, gen_secs, "mysql").await?
         }
