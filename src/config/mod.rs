@@ -444,6 +444,20 @@ pub struct Unlink {
     pub value: Scalar,
 }
 
+/// Rows of another table that point at the class's row and may name its patron: where
+/// they do, the patron column is rewritten in the batch's transaction, before the
+/// class's own change (Koha: `checkout_renewals.renewer_id` of a checkout, which
+/// `Koha::Old::Checkouts->anonymize` sets to the AnonymousPatron).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linked {
+    /// The other table.
+    pub table: TableName,
+    /// Its column holding the class's key.
+    pub column: Ident,
+    /// Its column naming a patron (the same ids as the class's `patron`).
+    pub patron: Ident,
+}
+
 /// A purge function called once per row, in its own transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PurgeCall {
@@ -567,9 +581,32 @@ pub struct ClassDef {
     pub patron: Option<Ident>,
     /// Columns rewritten before the action where they hold the row's patron.
     pub unlink: Option<Unlink>,
+    /// Rows of other tables rewritten before the action where they point at the row
+    /// and name its patron (keyed anonymize and delete classes only).
+    pub linked: Vec<Linked>,
 }
 
 impl ClassDef {
+    /// What `linked:` rows get in their patron column: for anonymize, what the class
+    /// writes into its own patron column (Koha: the AnonymousPatron, as
+    /// `Koha::Old::Checkouts->anonymize` gives renewals); otherwise NULL (Koha's own
+    /// action on a renewal when its patron is deleted: `ON DELETE SET NULL`). A
+    /// pseudonym is never copied out: the linked row loses its patron instead.
+    pub fn linked_value(&self) -> Strategy {
+        let own = match (&self.action, &self.patron) {
+            (Action::Anonymize, Some(p)) => self
+                .anonymize
+                .iter()
+                .find(|(c, _)| c == p)
+                .map(|(_, s)| s.clone()),
+            _ => None,
+        };
+        match own {
+            Some(s) if s != Strategy::Pseudonym => s,
+            _ => Strategy::SetNull,
+        }
+    }
+
     /// The column batches walk: the key, or for a table without a primary key SQLite's
     /// implicit `rowid`. Only SQLite reaches the key-range builders for a keyless class;
     /// on MySQL and PostgreSQL the engine uses the row-limit statements instead.
@@ -2141,6 +2178,44 @@ impl Validator<'_> {
                 delete_with.push(Dependent { table, column });
             }
         }
+        let mut linked = Vec::new();
+        for (i, l) in c.linked.as_deref().unwrap_or(&[]).iter().enumerate() {
+            let lp = format!("{p}.linked[{i}]");
+            let t = self.table(&format!("{lp}.table"), l.table.as_deref());
+            let col = self.ident(&format!("{lp}.column"), l.column.as_deref());
+            let pat = self.ident(&format!("{lp}.patron"), l.patron.as_deref());
+            if let Some(why) = t.as_ref().and_then(forbidden_table) {
+                self.err(&format!("{lp}.table"), why);
+            }
+            if t.is_some() && t == table {
+                self.err(
+                    &format!("{lp}.table"),
+                    "is the class's own table (use unlink: for its own columns)",
+                );
+            }
+            if let (Some(table), Some(column), Some(patron)) = (t, col, pat) {
+                linked.push(Linked {
+                    table,
+                    column,
+                    patron,
+                });
+            }
+        }
+        if c.linked.is_some() {
+            let lp = format!("{p}.linked");
+            if patron.is_none() {
+                self.err(
+                    &lp,
+                    "needs the class's patron: column (the value to look for)",
+                );
+            }
+            if action == Some(Action::Purge) {
+                self.err(
+                    &lp,
+                    "not for action purge (its function handles linked rows)",
+                );
+            }
+        }
         let aggregate = match (&c.aggregate, action) {
             (Some(a), Some(Action::Aggregate)) => {
                 let by = a.by.clone().unwrap_or_default();
@@ -2204,6 +2279,9 @@ impl Validator<'_> {
             if c.unlink.is_some() {
                 self.err(&format!("{p}.unlink"), keyless("unlink"));
             }
+            if c.linked.is_some() {
+                self.err(&format!("{p}.linked"), keyless("linked"));
+            }
             let mut all: Vec<&Condition> = Vec::new();
             for list in [&scope, &immediate, &purged] {
                 all.extend(list.iter().flatten());
@@ -2245,6 +2323,7 @@ impl Validator<'_> {
             purged: purged?.into_iter().map(resolve).collect(),
             patron,
             unlink,
+            linked,
             aggregate,
             key,
         })
@@ -2616,7 +2695,15 @@ fn merge_class(base: &mut RawClass, mut over: RawClass) {
         patron,
         aggregate
     );
-    extend!(scope, immediate, exempt, delete_with, triggers, purged);
+    extend!(
+        scope,
+        immediate,
+        exempt,
+        delete_with,
+        linked,
+        triggers,
+        purged
+    );
 }
 
 /// The default of `safety.batch_target`: 100 ms, short enough that a checkout at the

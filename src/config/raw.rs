@@ -261,6 +261,13 @@ pub struct RawClass {
     /// fixed value (Evergreen records an OPAC renewal's patron as its `circ_staff`, and
     /// aging copies it into `action.aged_circulation`).
     pub unlink: Option<RawUnlink>,
+    /// Rows of other tables that point at the row and name its patron (Koha's
+    /// `checkout_renewals`: `checkout_id` is the checkout, `renewer_id` who renewed it,
+    /// the patron when renewed in the OPAC). Before the action, in the same
+    /// transaction, that column is set to what the class writes into its own patron
+    /// column (anonymize), or NULL (delete), as `Koha::Old::Checkouts->anonymize` does
+    /// for renewals.
+    pub linked: Option<Vec<RawLinked>>,
     /// For action aggregate: the columns the monthly counts are kept by.
     pub aggregate: Option<RawAggregate>,
     /// For action purge: the database function called once per row, and its
@@ -311,6 +318,21 @@ pub struct RawUnlink {
     /// The value written instead: a number, string or boolean (e.g. 1, Evergreen's
     /// administrator).
     pub set_value: Option<RawScalar>,
+}
+
+/// One entry of `linked:`: `{ table: checkout_renewals, column: checkout_id, patron:
+/// renewer_id }`.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawLinked {
+    /// The other table (schema.table allowed).
+    pub table: Option<String>,
+    /// Its column holding this class's key.
+    pub column: Option<String>,
+    /// Its column that may name the row's patron (it must hold the same ids as the
+    /// class's `patron:` column). Only where it holds the row's own patron is it
+    /// rewritten: a renewal made by staff keeps its staff id.
+    pub patron: Option<String>,
 }
 
 /// `purge:` of a class: `{ function: schema.name, args: [key, { value: 1 }] }`.

@@ -1285,6 +1285,10 @@ fn collect_class_columns(c: &ClassDef, out: &mut Vec<(String, TableName, Ident)>
             out.push((ctx.clone(), c.table.clone(), col.clone()));
         }
     }
+    for l in &c.linked {
+        out.push((ctx.clone(), l.table.clone(), l.column.clone()));
+        out.push((ctx.clone(), l.table.clone(), l.patron.clone()));
+    }
 }
 
 /// Whether any condition of the class is a chain condition.

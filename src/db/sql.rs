@@ -544,12 +544,9 @@ fn set_values(class: &ClassDef, b: &Bindings, pseudonyms: &[(i64, i64)]) -> Vec<
     let mut out = Vec::new();
     for (col, s) in &class.anonymize {
         let v: Expr = match s {
-            Strategy::SetNull => Expr::null(),
-            Strategy::AnonymousPatron => match b.anonymous_patron {
-                Some(a) => Expr::val(a),
-                None => Expr::null(),
-            },
-            Strategy::SetValue(v) => scalar(v),
+            Strategy::SetNull | Strategy::AnonymousPatron | Strategy::SetValue(_) => {
+                fixed_value(s, b)
+            }
             Strategy::Pseudonym => {
                 let c = tcol(&class.table, col);
                 let mut case = sea_query::CaseStatement::new();
@@ -566,6 +563,82 @@ fn set_values(class: &ClassDef, b: &Bindings, pseudonyms: &[(i64, i64)]) -> Vec<
         out.push((Alias::new(col.as_str()), v));
     }
     out
+}
+
+/// The value a strategy writes whatever the row held: NULL, the anonymous patron (NULL
+/// where the system has none) or the fixed value. A pseudonym depends on the row: NULL
+/// here (callers never ask: [`ClassDef::linked_value`] gives none).
+fn fixed_value(s: &Strategy, b: &Bindings) -> Expr {
+    match s {
+        Strategy::SetNull | Strategy::Pseudonym => Expr::null(),
+        Strategy::AnonymousPatron => match b.anonymous_patron {
+            Some(a) => Expr::val(a),
+            None => Expr::null(),
+        },
+        Strategy::SetValue(v) => scalar(v),
+    }
+}
+
+/// `SELECT DISTINCT patron FROM table WHERE key IN (keys) AND patron IS NOT NULL`: the
+/// patrons a batch's rows name, for [`linked_statement`]. `None` for a class without
+/// a patron column.
+pub fn batch_patrons_query(class: &ClassDef, keys: &[i64]) -> Option<SelectStatement> {
+    let patron = class.patron.as_ref()?;
+    let mut q = Query::select();
+    q.distinct()
+        .expr(tcol(&class.table, patron))
+        .from(table_ref(&class.table))
+        .and_where(key_in(class, keys))
+        .and_where(tcol(&class.table, patron).is_not_null());
+    Some(q)
+}
+
+/// For one `linked:` entry, run in the batch's transaction before the class's change:
+/// `UPDATE other SET patron = <value> WHERE other.patron IN (<patrons>) AND EXISTS
+/// (SELECT 1 FROM table WHERE table.key = other.column AND table.patron = other.patron
+/// AND table.key IN (<keys>) AND <eligible>)`. Only rows that point at a row the batch
+/// changes, and name that row's own patron, are rewritten (a renewal made by staff keeps
+/// the staff id). The patrons are given as values, not as a subquery, so that an index
+/// on the patron column finds the rows: Koha indexes `checkout_renewals.renewer_id`
+/// and not `checkout_id`, and MariaDB 10.11 runs `IN (SELECT …)` in an UPDATE as a
+/// dependent subquery per row of the whole table (EXPLAIN: `index` over the primary
+/// key). `<value>`: [`ClassDef::linked_value`].
+pub fn linked_statement(
+    class: &ClassDef,
+    b: &Bindings,
+    linked: &crate::config::Linked,
+    keys: &[i64],
+    patrons: &[super::Cell],
+) -> Option<UpdateStatement> {
+    let patron = class.patron.as_ref()?;
+    let values: Vec<Expr> = patrons
+        .iter()
+        .filter_map(|c| match c {
+            super::Cell::Null => None,
+            super::Cell::Int(i) => Some(Expr::val(*i)),
+            super::Cell::Text(t) => Some(Expr::val(t.clone())),
+        })
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let mut inner = Query::select();
+    inner
+        .expr(Expr::val(1))
+        .from(table_ref(&class.table))
+        .and_where(tcol(&class.table, &class.batch_key()).eq(tcol(&linked.table, &linked.column)))
+        .and_where(tcol(&class.table, patron).eq(tcol(&linked.table, &linked.patron)))
+        .and_where(key_in(class, keys))
+        .cond_where(eligible(class, b));
+    let mut u = Query::update();
+    u.table(table_ref(&linked.table))
+        .value(
+            Alias::new(linked.patron.as_str()),
+            fixed_value(&class.linked_value(), b),
+        )
+        .and_where(tcol(&linked.table, &linked.patron).is_in(values))
+        .and_where(Expr::exists(inner));
+    Some(u)
 }
 
 /// `UPDATE table SET <strategies> WHERE key IN (keys) AND <eligible>`: the predicate is

@@ -174,6 +174,21 @@ CREATE INDEX old_issues_branchcode_idx ON old_issues (branchcode);
 CREATE INDEX old_bordate ON old_issues (borrowernumber, timestamp);
 CREATE INDEX old_issues_ibfk_borrowers_borrowernumber ON old_issues (issuer_id);
 
+-- Renewals of checkouts (Koha 22.11 and later): who renewed (renewer_id: the patron in
+-- the OPAC, or staff) and when. checkout_id is issues.issue_id, then old_issues.issue_id
+-- once returned; Koha gives it no foreign key and no index.
+CREATE TABLE checkout_renewals (
+  renewal_id INTEGER PRIMARY KEY AUTOINCREMENT,
+  checkout_id INT DEFAULT NULL,
+  renewer_id INT DEFAULT NULL
+    REFERENCES borrowers (borrowernumber) ON DELETE SET NULL ON UPDATE CASCADE,
+  seen TINYINT DEFAULT 0,
+  interface VARCHAR(16) NOT NULL,
+  timestamp TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  renewal_type TEXT NOT NULL DEFAULT 'Manual' CHECK (renewal_type IN ('Automatic', 'Manual'))
+);
+CREATE INDEX checkout_renewals_renewer_id ON checkout_renewals (renewer_id);
+
 -- Current holds.
 CREATE TABLE reserves (
   reserve_id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -48,7 +48,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 /// The Koha-shaped SQLite schema (DDL text, several statements) that
 /// [`create_sqlite_schema`] runs: branches, categories, borrowers,
 /// borrower_relationships, biblio, biblioitems, items, issues, old_issues,
-/// reserves, old_reserves, account_credit_types, account_debit_types,
+/// checkout_renewals, reserves, old_reserves, account_credit_types, account_debit_types,
 /// accountlines, borrower_modifications and systempreferences, and the other
 /// tables that name a patron: statistics, message_transport_types, message_queue,
 /// action_logs, search_history, deletedborrowers, suggestions, illrequests,

@@ -890,6 +890,13 @@ pub fn policy_json(cfg: &Config) -> String {
                         "set_value": scalar_json(&u.value),
                     }));
                 }
+                if !c.linked.is_empty() {
+                    obj.insert("linked".into(), serde_json::json!(c.linked.iter().map(|l| serde_json::json!({
+                        "table": l.table.to_string(),
+                        "column": l.column.as_str(),
+                        "patron": l.patron.as_str(),
+                    })).collect::<Vec<_>>()));
+                }
                 if !c.purged.is_empty() {
                     obj.insert("purged".into(), serde_json::json!(c.purged.iter().map(condition_json).collect::<Vec<_>>()));
                 }
@@ -1303,6 +1310,7 @@ async fn batch(
     if keys.is_empty() {
         return Ok(None);
     }
+    linked_rows(&mut tx, class, b, &keys).await?;
     let changed = match class.action {
         Action::Anonymize => {
             tx.execute(&sql::anonymize_statement(class, b, &keys, &[]))
@@ -1360,9 +1368,41 @@ async fn batch(
     Ok(Some((changed, began.elapsed())))
 }
 
+/// `linked:` rows (Koha's `checkout_renewals` of a checkout) that name the patron of
+/// a row among `keys` lose that patron, in the batch's transaction and before the
+/// class's own change (which may rewrite or delete the patron they are matched by).
+/// Their count is logged, not written to the ledger: the ledger counts the class's own
+/// rows.
+async fn linked_rows(
+    tx: &mut crate::db::Tx,
+    class: &ClassDef,
+    b: &Bindings,
+    keys: &[i64],
+) -> Result<(), DbError> {
+    if class.linked.is_empty() {
+        return Ok(());
+    }
+    let Some(q) = sql::batch_patrons_query(class, keys) else {
+        return Ok(());
+    };
+    let patrons: Vec<crate::db::Cell> = tx
+        .fetch_cells(&q)
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect();
+    for l in &class.linked {
+        if let Some(u) = sql::linked_statement(class, b, l, keys, &patrons) {
+            let n = tx.execute(&u).await?;
+            tracing::debug!(class = %class.name, table = %l.table, rows = n, "linked rows rewritten");
+        }
+    }
+    Ok(())
+}
+
 /// The batch as one statement over the key range, for classes that need no list of
 /// the keys they change: anonymize (no pseudonyms to look up) and delete with no
-/// `delete_with` or `unlink`. This is the database's own range loop (one statement per
+/// `delete_with` or `unlink`, neither with `linked:` rows. This is the database's own range loop (one statement per
 /// range, then COMMIT) with the ledger's count added; the key-list form costs a
 /// `SELECT … FOR UPDATE` round trip and a second evaluation of the predicate. Returns
 /// the rows changed, or `None` when the class needs the key-list form.
@@ -1373,6 +1413,10 @@ async fn range_batch(
     from: i64,
     to: i64,
 ) -> Result<Option<u64>, DbError> {
+    if !class.linked.is_empty() {
+        // The linked rows are found by the patrons of the batch's rows: the key list.
+        return Ok(None);
+    }
     match class.action {
         Action::Anonymize => Ok(Some(
             tx.execute(&sql::anonymize_range_statement(class, b, from, to))

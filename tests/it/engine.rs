@@ -140,6 +140,107 @@ async fn circulation_history_rules(db: TestDb) {
     );
 }
 
+async fn renewal(db: &TestDb, id: i64, checkout: i64, renewer: i64, interface: &str) {
+    db.insert(
+        "checkout_renewals",
+        &[
+            ("renewal_id", i(id)),
+            ("checkout_id", i(checkout)),
+            ("renewer_id", i(renewer)),
+            ("interface", s(interface)),
+            ("timestamp", s("2020-01-01 10:00:00")),
+        ],
+    )
+    .await;
+}
+
+async fn renewer_of(db: &TestDb, id: i64) -> Option<i64> {
+    db.int(&format!(
+        "SELECT renewer_id FROM checkout_renewals WHERE renewal_id = {id}"
+    ))
+    .await
+}
+
+// Koha::Old::Checkouts->anonymize gives the AnonymousPatron to the renewals the patron
+// made of each checkout it anonymizes (ILS-FACTS 2.2): checkout_renewals.checkout_id
+// still points at the loan, so a renewer_id left alone names its reader.
+both_backends!(renewals_the_patron_made_are_anonymized_with_the_checkout);
+async fn renewals_the_patron_made_are_anonymized_with_the_checkout(db: TestDb) {
+    koha_reference(&db, None).await;
+    patron(&db, 10, 1, "2099-01-01", "PT").await; // default privacy
+    patron(&db, 11, 0, "2099-01-01", "PT").await; // keep forever
+    patron(&db, 12, 1, "2099-01-01", "PT").await;
+    patron(&db, 20, 1, "2099-01-01", "ST").await; // staff
+    old_issue(&db, 101, Some(10), Some("2020-01-01 10:00:00")).await; // anonymized
+    old_issue(&db, 102, Some(10), Some("2026-06-01 10:00:00")).await; // in its period
+    old_issue(&db, 103, Some(11), Some("2020-01-01 10:00:00")).await; // opt-in: kept
+    old_issue(&db, 104, Some(12), Some("2020-01-01 10:00:00")).await; // anonymized
+    old_issue(&db, 105, Some(10), Some("2020-01-01 10:00:00")).await; // money owed: kept
+    accountline(&db, 1, Some(10), Some(105), 5.0).await;
+    renewal(&db, 1, 101, 10, "opac").await; // the patron's own: anonymized
+    renewal(&db, 2, 101, 20, "intranet").await; // staff: kept
+    renewal(&db, 3, 101, 10, "opac").await; // a second one of the patron's: anonymized
+    renewal(&db, 4, 102, 10, "opac").await; // its checkout is kept: kept
+    renewal(&db, 5, 103, 11, "opac").await; // opt-in: kept
+    renewal(&db, 6, 104, 10, "intranet").await; // patron 10 renewed patron 12's loan: kept
+    renewal(&db, 7, 104, 12, "opac").await; // anonymized
+    renewal(&db, 8, 105, 10, "opac").await; // money owed on the checkout: kept
+    renewal(&db, 9, 999, 10, "opac").await; // a checkout that is not in old_issues: kept
+
+    let cfg = db.config(ONLY_CIRC);
+    let r = run_at(&cfg, now(), false).await;
+    assert_eq!(r.status, RunStatus::Ok);
+    let c = class(&r, "circulation_history");
+    // The ledger counts the class's own rows: the renewals are not among them.
+    assert_eq!((c.eligible, c.affected), (2, 2), "{c:?}");
+    for (id, renewer) in [
+        (1, Some(1)),
+        (2, Some(20)),
+        (3, Some(1)),
+        (4, Some(10)),
+        (5, Some(11)),
+        (6, Some(10)),
+        (7, Some(1)),
+        (8, Some(10)),
+        (9, Some(10)),
+    ] {
+        assert_eq!(renewer_of(&db, id).await, renewer, "renewal {id}");
+    }
+    for (id, b) in [(101, 1), (102, 10), (103, 11), (104, 1), (105, 10)] {
+        assert_eq!(
+            borrower_of(&db, "old_issues", "issue_id", id).await,
+            Some(b),
+            "issue {id}"
+        );
+    }
+    // With the AnonymousPatron preference empty, the checkout's patron and the renewals'
+    // renewer both become NULL. Patron 1 is no longer the anonymous patron, so the
+    // loans given to it (101, 104) are anonymized again, and the renewals given to it
+    // with them; the fine on 105 is paid, so 105 goes too.
+    db.exec("UPDATE accountlines SET amountoutstanding = 0 WHERE accountlines_id = 1")
+        .await;
+    db.exec("UPDATE systempreferences SET value = '' WHERE variable = 'AnonymousPatron'")
+        .await;
+    let r = run_at(&cfg, now(), false).await;
+    assert_eq!(class(&r, "circulation_history").affected, 3);
+    for id in [101, 104, 105] {
+        assert_eq!(borrower_of(&db, "old_issues", "issue_id", id).await, None);
+    }
+    for (id, renewer) in [
+        (1, None),
+        (2, Some(20)),
+        (3, None),
+        (4, Some(10)),
+        (5, Some(11)),
+        (6, Some(10)),
+        (7, None),
+        (8, None),
+        (9, Some(10)),
+    ] {
+        assert_eq!(renewer_of(&db, id).await, renewer, "renewal {id}");
+    }
+}
+
 both_backends!(revoking_opt_in_purges_at_next_run);
 async fn revoking_opt_in_purges_at_next_run(db: TestDb) {
     koha_reference(&db, None).await;
