@@ -20,6 +20,7 @@ mod inventory;
 mod keyless;
 mod ledger;
 mod legal_hold;
+mod linked;
 mod logs;
 mod manual;
 mod monitoring;
