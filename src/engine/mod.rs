@@ -1402,7 +1402,8 @@ async fn linked_rows(
 
 /// The batch as one statement over the key range, for classes that need no list of
 /// the keys they change: anonymize (no pseudonyms to look up) and delete with no
-/// `delete_with` or `unlink`, neither with `linked:` rows. This is the database's own range loop (one statement per
+/// `delete_with` or `unlink`, in a class without `linked:` rows (found by the patrons
+/// of the batch's rows). This is the database's own range loop (one statement per
 /// range, then COMMIT) with the ledger's count added; the key-list form costs a
 /// `SELECT … FOR UPDATE` round trip and a second evaluation of the predicate. Returns
 /// the rows changed, or `None` when the class needs the key-list form.
