@@ -209,6 +209,14 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long taking a connection from the pool may take (opening one included).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prepared statements each connection keeps (sqlx's default is 100). A run's
+/// statements with `IN (…)` lists take one text per padded length
+/// ([`sql::padded`]: about 20 lengths) per statement kind and class, so that a
+/// connection keeps them all instead of closing one for each new one: a close is a
+/// round trip that stalled for the server's delayed ACK on a socket without
+/// `TCP_NODELAY` (sqlx does not set it).
+const STATEMENT_CACHE: usize = 2048;
+
 /// How long closing a pool may take before its connections are abandoned (a silent
 /// server never acknowledges anything).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -516,7 +524,8 @@ impl Db {
                     // No checkpoint inside a COMMIT: Lethe checkpoints after each
                     // batch, outside its transaction ([`Db::checkpoint`]).
                     .pragma("wal_autocheckpoint", "0")
-                    .busy_timeout(limit.min(Duration::from_secs(30)));
+                    .busy_timeout(limit.min(Duration::from_secs(30)))
+                    .statement_cache_capacity(STATEMENT_CACHE);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
@@ -528,7 +537,9 @@ impl Db {
             Backend::MySql => {
                 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
                 use std::str::FromStr;
-                let opts = MySqlConnectOptions::from_str(url).map_err(fail)?;
+                let opts = MySqlConnectOptions::from_str(url)
+                    .map_err(fail)?
+                    .statement_cache_capacity(STATEMENT_CACHE);
                 let pool = match MySqlPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)
@@ -565,7 +576,8 @@ impl Db {
                     .options([
                         ("statement_timeout", format!("{}ms", limit.as_millis())),
                         ("jit", "off".to_string()),
-                    ]);
+                    ])
+                    .statement_cache_capacity(STATEMENT_CACHE);
                 let pool = match PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(timeout)

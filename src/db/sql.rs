@@ -533,7 +533,30 @@ pub fn eligible_keys_query(class: &ClassDef, b: &Bindings, lo: i64, hi: i64) -> 
 }
 
 fn key_in(class: &ClassDef, keys: &[i64]) -> Expr {
-    tcol(&class.table, &class.batch_key()).is_in(keys.iter().copied())
+    tcol(&class.table, &class.batch_key()).is_in(padded(keys))
+}
+
+/// A list of values for `IN (…)`, padded by repeating its last value to one of a few
+/// lengths: the next power of two up to 1,024, then the next multiple of 1,024 (at
+/// most 1,023 more values, under SQLite's 32,766 parameters for 10,240 keys and as many
+/// patrons). `IN` means the same with a value repeated. Without it, adaptive batches
+/// made a new statement text for nearly every batch: sqlx's per-connection cache of
+/// prepared statements then closed one statement for each new one, and sqlx sends the
+/// close and the next prepare as two writes without waiting between them on a socket
+/// without `TCP_NODELAY`, so Nagle's algorithm held the second for the server's delayed
+/// ACK: about 40 ms twice per batch on MariaDB (BENCHMARKS.md, "Since the runs").
+pub(crate) fn padded<T: Clone>(values: &[T]) -> Vec<T> {
+    let n = values.len();
+    let target = if n <= 1024 {
+        n.next_power_of_two()
+    } else {
+        n.div_ceil(1024) * 1024
+    };
+    let mut out = values.to_vec();
+    if let Some(last) = values.last() {
+        out.resize(target, last.clone());
+    }
+    out
 }
 
 /// The `SET` list of anonymize or pseudonymize. `pseudonyms` maps each id found in the
@@ -636,7 +659,7 @@ pub fn linked_statement(
             Alias::new(linked.patron.as_str()),
             fixed_value(&class.linked_value(), b),
         )
-        .and_where(tcol(&linked.table, &linked.patron).is_in(values))
+        .and_where(tcol(&linked.table, &linked.patron).is_in(padded(&values)))
         .and_where(Expr::exists(inner));
     Some(u)
 }
@@ -783,7 +806,9 @@ pub fn limited_anonymize_statement(
         u.value(col, v);
     }
     if let (Some(col), false) = (pseudonym_column(class), pseudonyms.is_empty()) {
-        u.and_where(tcol(&class.table, col).is_in(pseudonyms.iter().map(|(id, _)| *id)));
+        u.and_where(tcol(&class.table, col).is_in(padded(
+            &pseudonyms.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        )));
     }
     u.cond_where(limited_rows(class, b, limit));
     if b.backend == Backend::MySql {
@@ -970,7 +995,7 @@ pub fn delete_statement(class: &ClassDef, b: &Bindings, keys: &[i64]) -> DeleteS
 pub fn delete_dependent_statement(dep: &crate::config::Dependent, keys: &[i64]) -> DeleteStatement {
     let mut d = Query::delete();
     d.from_table(table_ref(&dep.table))
-        .and_where(Expr::col(Alias::new(dep.column.as_str())).is_in(keys.iter().copied()));
+        .and_where(Expr::col(Alias::new(dep.column.as_str())).is_in(padded(keys)));
     d
 }
 
@@ -1092,9 +1117,7 @@ pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement>
                     Alias::new(CHAIN_PARENT),
                 )
                 .from(table_ref(&class.table))
-                .and_where(
-                    Expr::col(Alias::new(class.batch_key().as_str())).is_in(keys.iter().copied()),
-                );
+                .and_where(Expr::col(Alias::new(class.batch_key().as_str())).is_in(padded(keys)));
             let with = chain_cte(class, parent, anchor);
             let mut last = Query::select();
             last.column(Alias::new(CHAIN_ID)).from(Alias::new(CHAIN));
@@ -1122,4 +1145,30 @@ pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement>
             up
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded;
+
+    #[test]
+    fn in_lists_are_padded_to_a_few_lengths_with_the_last_value() {
+        assert!(padded::<i64>(&[]).is_empty());
+        assert_eq!(padded(&[7]), [7]);
+        assert_eq!(padded(&[1, 2, 3]), [1, 2, 3, 3]);
+        assert_eq!(padded(&[1, 2, 3, 4, 5]), [1, 2, 3, 4, 5, 5, 5, 5]);
+        let k: Vec<i64> = (0..1000).collect();
+        assert_eq!(padded(&k).len(), 1024);
+        let k: Vec<i64> = (0..1025).collect();
+        let p = padded(&k);
+        assert_eq!(p.len(), 2048);
+        assert_eq!(p[..1025], k[..]);
+        assert!(p[1025..].iter().all(|&x| x == 1024));
+        let k: Vec<i64> = (0..10_000).collect();
+        assert_eq!(padded(&k).len(), 10_240);
+        // Every length from 1 to 10,000 gives one of 20 texts.
+        let lengths: std::collections::BTreeSet<usize> =
+            (1..=10_000).map(|n| padded(&vec![0u8; n]).len()).collect();
+        assert_eq!(lengths.len(), 20);
+    }
 }
