@@ -602,35 +602,63 @@ fn fixed_value(s: &Strategy, b: &Bindings) -> Expr {
     }
 }
 
-/// `SELECT DISTINCT patron FROM table WHERE key IN (keys) AND patron IS NOT NULL`: the
-/// patrons a batch's rows name, for [`linked_statement`]. `None` for a class without
-/// a patron column.
-pub fn batch_patrons_query(class: &ClassDef, keys: &[i64]) -> Option<SelectStatement> {
+/// The rows of a class one batch statement covers.
+#[derive(Debug, Clone, Copy)]
+pub enum BatchRows<'a> {
+    /// The keys the key-list form selected (and locked) as eligible.
+    Keys(&'a [i64]),
+    /// The eligible rows with `from <= key < to`: the one-statement form, which
+    /// selects no keys.
+    Range(i64, i64),
+}
+
+impl BatchRows<'_> {
+    /// `key IN (keys)`, or `key >= from AND key < to`.
+    fn keys(self, class: &ClassDef) -> SqCond {
+        match self {
+            BatchRows::Keys(keys) => Cond::all().add(key_in(class, keys)),
+            BatchRows::Range(from, to) => key_range(class, from, to),
+        }
+    }
+}
+
+/// `SELECT DISTINCT patron FROM table WHERE <rows> AND patron IS NOT NULL`: the
+/// patrons a batch's rows name, for [`linked_statement`]. For [`BatchRows::Range`] the
+/// rows are the eligible ones in the range, read without locking them (the statement
+/// that changes them locks them). `None` for a class without a patron column.
+pub fn batch_patrons_query(
+    class: &ClassDef,
+    b: &Bindings,
+    rows: BatchRows<'_>,
+) -> Option<SelectStatement> {
     let patron = class.patron.as_ref()?;
     let mut q = Query::select();
     q.distinct()
         .expr(tcol(&class.table, patron))
         .from(table_ref(&class.table))
-        .and_where(key_in(class, keys))
+        .cond_where(rows.keys(class))
         .and_where(tcol(&class.table, patron).is_not_null());
+    if let BatchRows::Range(..) = rows {
+        q.cond_where(eligible(class, b));
+    }
     Some(q)
 }
 
 /// For one `linked:` entry, run in the batch's transaction before the class's change:
 /// `UPDATE other SET patron = <value> WHERE other.patron IN (<patrons>) AND EXISTS
 /// (SELECT 1 FROM table WHERE table.key = other.column AND table.patron = other.patron
-/// AND table.key IN (<keys>) AND <eligible>)`. Only rows that point at a row the batch
-/// changes, and name that row's own patron, are rewritten (a renewal made by staff keeps
-/// the staff id). The patrons are given as values, not as a subquery, so that an index
-/// on the patron column finds the rows: Koha indexes `checkout_renewals.renewer_id`
-/// and not `checkout_id`, and MariaDB 10.11 runs `IN (SELECT …)` in an UPDATE as a
-/// dependent subquery per row of the whole table (EXPLAIN: `index` over the primary
-/// key). `<value>`: [`ClassDef::linked_value`].
+/// AND <rows> AND <eligible>)`. Only rows that point at a row the batch changes, and
+/// name that row's own patron, are rewritten (a renewal made by staff keeps the staff
+/// id). The patrons are given as values, not as a subquery, so that an index on the
+/// patron column finds the rows: Koha indexes `checkout_renewals.renewer_id` and not
+/// `checkout_id`, and MariaDB 10.11 runs `IN (SELECT …)` in an UPDATE as a dependent
+/// subquery per row of the whole table (EXPLAIN: `index` over the primary key).
+/// `<value>`: [`ClassDef::linked_value`].
 pub fn linked_statement(
     class: &ClassDef,
     b: &Bindings,
     linked: &crate::config::Linked,
-    keys: &[i64],
+    rows: BatchRows<'_>,
     patrons: &[super::Cell],
 ) -> Option<UpdateStatement> {
     let patron = class.patron.as_ref()?;
@@ -651,7 +679,7 @@ pub fn linked_statement(
         .from(table_ref(&class.table))
         .and_where(tcol(&class.table, &class.batch_key()).eq(tcol(&linked.table, &linked.column)))
         .and_where(tcol(&class.table, patron).eq(tcol(&linked.table, &linked.patron)))
-        .and_where(key_in(class, keys))
+        .cond_where(rows.keys(class))
         .cond_where(eligible(class, b));
     let mut u = Query::update();
     u.table(table_ref(&linked.table))
@@ -662,6 +690,37 @@ pub fn linked_statement(
         .and_where(tcol(&linked.table, &linked.patron).is_in(padded(&values)))
         .and_where(Expr::exists(inner));
     Some(u)
+}
+
+/// For a class with `linked:` rows, the one-statement form's guard: `NOT EXISTS
+/// (SELECT 1 FROM other WHERE other.column = table.key AND other.patron = table.patron
+/// [AND other.patron <> <value>])` for each entry. A row is changed only once no linked
+/// row still names its patron: one that became eligible after [`linked_statement`] ran
+/// (a patron who revoked an opt-in meanwhile) is left for the next batch pass rather
+/// than changed with its renewals still naming the patron. `<value>` (what linked rows
+/// are given, when not NULL) is excluded so that a row already holding it is not held
+/// back by the linked rows that were given it before.
+fn linked_guard(class: &ClassDef, b: &Bindings) -> SqCond {
+    let mut all = Cond::all();
+    let Some(patron) = class.patron.as_ref() else {
+        return all;
+    };
+    let value = class.linked_value();
+    for l in &class.linked {
+        let mut inner = Query::select();
+        inner
+            .expr(Expr::val(1))
+            .from(table_ref(&l.table))
+            .and_where(tcol(&l.table, &l.column).eq(tcol(&class.table, &class.batch_key())))
+            .and_where(tcol(&l.table, &l.patron).eq(tcol(&class.table, patron)));
+        let given_nothing = matches!(value, Strategy::SetNull)
+            || (value == Strategy::AnonymousPatron && b.anonymous_patron.is_none());
+        if !given_nothing {
+            inner.and_where(tcol(&l.table, &l.patron).ne(fixed_value(&value, b)));
+        }
+        all = all.add(Expr::exists(inner).not());
+    }
+    all
 }
 
 /// `UPDATE table SET <strategies> WHERE key IN (keys) AND <eligible>`: the predicate is
@@ -693,7 +752,7 @@ fn key_range(class: &ClassDef, from: i64, to: i64) -> SqCond {
 /// whole batch in one statement, for a class that needs no list of the keys it changes
 /// (no pseudonym to look up per row). The statement locks what it changes, as the
 /// `SELECT … FOR UPDATE` of the key-list form does, and its affected-row count is the
-/// batch's count.
+/// batch's count. A class with `linked:` rows adds [`linked_guard`].
 pub fn anonymize_range_statement(
     class: &ClassDef,
     b: &Bindings,
@@ -706,13 +765,14 @@ pub fn anonymize_range_statement(
         u.value(col, v);
     }
     u.cond_where(key_range(class, from, to))
-        .cond_where(eligible(class, b));
+        .cond_where(eligible(class, b))
+        .cond_where(linked_guard(class, b));
     u
 }
 
 /// `DELETE FROM table WHERE key >= from AND key < to AND <eligible>`: a whole batch in
 /// one statement, for a delete class with no `delete_with` and no `unlink` (which need
-/// the list of keys deleted).
+/// the list of keys deleted). A class with `linked:` rows adds [`linked_guard`].
 pub fn delete_range_statement(
     class: &ClassDef,
     b: &Bindings,
@@ -722,7 +782,8 @@ pub fn delete_range_statement(
     let mut d = Query::delete();
     d.from_table(table_ref(&class.table))
         .cond_where(key_range(class, from, to))
-        .cond_where(eligible(class, b));
+        .cond_where(eligible(class, b))
+        .cond_where(linked_guard(class, b));
     d
 }
 

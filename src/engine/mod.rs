@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{
     AgeType, Backend, ClassDef, CmpOp, ColumnTest, Condition, Config, Scalar, Strategy,
 };
-use crate::db::sql::{self, Bindings};
+use crate::db::sql::{self, BatchRows, Bindings};
 use crate::db::{Db, DbError};
 use crate::ledger;
 use crate::policy;
@@ -1310,7 +1310,7 @@ async fn batch(
     if keys.is_empty() {
         return Ok(None);
     }
-    linked_rows(&mut tx, class, b, &keys).await?;
+    linked_rows(&mut tx, class, b, BatchRows::Keys(&keys)).await?;
     let changed = match class.action {
         Action::Anonymize => {
             tx.execute(&sql::anonymize_statement(class, b, &keys, &[]))
@@ -1369,20 +1369,20 @@ async fn batch(
 }
 
 /// `linked:` rows (Koha's `checkout_renewals` of a checkout) that name the patron of
-/// a row among `keys` lose that patron, in the batch's transaction and before the
-/// class's own change (which may rewrite or delete the patron they are matched by).
+/// an eligible row among `rows` lose that patron, in the batch's transaction and before
+/// the class's own change (which may rewrite or delete the patron they are matched by).
 /// Their count is logged, not written to the ledger: the ledger counts the class's own
 /// rows.
 async fn linked_rows(
     tx: &mut crate::db::Tx,
     class: &ClassDef,
     b: &Bindings,
-    keys: &[i64],
+    rows: BatchRows<'_>,
 ) -> Result<(), DbError> {
     if class.linked.is_empty() {
         return Ok(());
     }
-    let Some(q) = sql::batch_patrons_query(class, keys) else {
+    let Some(q) = sql::batch_patrons_query(class, b, rows) else {
         return Ok(());
     };
     let patrons: Vec<crate::db::Cell> = tx
@@ -1392,7 +1392,7 @@ async fn linked_rows(
         .filter_map(|r| r.into_iter().next())
         .collect();
     for l in &class.linked {
-        if let Some(u) = sql::linked_statement(class, b, l, keys, &patrons) {
+        if let Some(u) = sql::linked_statement(class, b, l, rows, &patrons) {
             let n = tx.execute(&u).await?;
             tracing::debug!(class = %class.name, table = %l.table, rows = n, "linked rows rewritten");
         }
@@ -1402,11 +1402,13 @@ async fn linked_rows(
 
 /// The batch as one statement over the key range, for classes that need no list of
 /// the keys they change: anonymize (no pseudonyms to look up) and delete with no
-/// `delete_with` or `unlink`, in a class without `linked:` rows (found by the patrons
-/// of the batch's rows). This is the database's own range loop (one statement per
+/// `delete_with` or `unlink`. This is the database's own range loop (one statement per
 /// range, then COMMIT) with the ledger's count added; the key-list form costs a
-/// `SELECT … FOR UPDATE` round trip and a second evaluation of the predicate. Returns
-/// the rows changed, or `None` when the class needs the key-list form.
+/// `SELECT … FOR UPDATE` round trip and a second evaluation of the predicate. A class
+/// with `linked:` rows first reads the patrons of the range's eligible rows (unlocked)
+/// and rewrites the linked rows, and its statement skips any row a linked row still
+/// names the patron of (`sql::linked_guard`). Returns the rows changed, or `None` when
+/// the class needs the key-list form.
 async fn range_batch(
     tx: &mut crate::db::Tx,
     class: &ClassDef,
@@ -1414,21 +1416,24 @@ async fn range_batch(
     from: i64,
     to: i64,
 ) -> Result<Option<u64>, DbError> {
-    if !class.linked.is_empty() {
-        // The linked rows are found by the patrons of the batch's rows: the key list.
-        return Ok(None);
-    }
-    match class.action {
-        Action::Anonymize => Ok(Some(
-            tx.execute(&sql::anonymize_range_statement(class, b, from, to))
-                .await?,
-        )),
-        Action::Delete if class.delete_with.is_empty() && class.unlink.is_none() => Ok(Some(
-            tx.execute(&sql::delete_range_statement(class, b, from, to))
-                .await?,
-        )),
-        _ => Ok(None),
-    }
+    let statement = match class.action {
+        Action::Anonymize => Statement::Update(sql::anonymize_range_statement(class, b, from, to)),
+        Action::Delete if class.delete_with.is_empty() && class.unlink.is_none() => {
+            Statement::Delete(sql::delete_range_statement(class, b, from, to))
+        }
+        _ => return Ok(None),
+    };
+    linked_rows(tx, class, b, BatchRows::Range(from, to)).await?;
+    Ok(Some(match statement {
+        Statement::Update(u) => tx.execute(&u).await?,
+        Statement::Delete(d) => tx.execute(&d).await?,
+    }))
+}
+
+/// The one statement of a range batch.
+enum Statement {
+    Update(sea_query::UpdateStatement),
+    Delete(sea_query::DeleteStatement),
 }
 
 /// One pass over a table without a key (MySQL, PostgreSQL): batches of at most as many

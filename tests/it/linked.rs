@@ -127,3 +127,93 @@ async fn delete_clears_linked_rows(db: TestDb) {
         [None, Some(20), None, Some(10), Some(10), Some(10)]
     );
 }
+
+/// The first time the batch rewrites note 1, the rewrite is undone (a stand-in for a
+/// linked row that still names the patron when the class's own statement runs: one
+/// written, or made eligible, between the two statements of the batch).
+const UNDO_SQLITE: &str = "CREATE TABLE fired (n INT); \
+     CREATE TRIGGER undo_note AFTER UPDATE OF author_id ON visit_notes \
+     WHEN NEW.id = 1 AND NOT EXISTS (SELECT 1 FROM fired) BEGIN \
+     INSERT INTO fired VALUES (1); UPDATE visit_notes SET author_id = OLD.author_id WHERE id = 1; END";
+const UNDO_MYSQL: &str = "CREATE TABLE fired (n INT) ENGINE=InnoDB; \
+     CREATE TRIGGER undo_note BEFORE UPDATE ON visit_notes FOR EACH ROW BEGIN \
+     IF NEW.id = 1 AND NOT EXISTS (SELECT 1 FROM fired) THEN \
+     INSERT INTO fired VALUES (1); SET NEW.author_id = OLD.author_id; END IF; END";
+const UNDO_PG: &str = "CREATE TABLE fired (n INT); \
+     CREATE FUNCTION undo_note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+     IF NEW.id = 1 AND NOT EXISTS (SELECT 1 FROM fired) THEN \
+     INSERT INTO fired VALUES (1); NEW.author_id := OLD.author_id; END IF; RETURN NEW; END $$; \
+     CREATE TRIGGER undo_note BEFORE UPDATE ON visit_notes FOR EACH ROW EXECUTE FUNCTION undo_note()";
+
+three_backends_with!(
+    a_row_whose_linked_rows_still_name_its_patron_waits_for_them,
+    super::SQLITE,
+    super::MYSQL,
+    super::PG
+);
+/// The one-statement form's guard: visit 1 is not anonymized while note 1 still names
+/// its member; the next round rewrites the note, then the visit. Without the guard the
+/// visit lost its member and the note kept it.
+async fn a_row_whose_linked_rows_still_name_its_patron_waits_for_them(db: TestDb) {
+    seed(&db).await;
+    db.exec(match db.raw {
+        Raw::Sqlite(_) => UNDO_SQLITE,
+        Raw::MySql(_) => UNDO_MYSQL,
+        Raw::Postgres(_) => UNDO_PG,
+    })
+    .await;
+    let cfg = config_with_profile(
+        &db.url,
+        "none",
+        &visits_class("action: anonymize\n    anonymize: { member_id: { set_value: 0 } }"),
+    );
+    let r = run_at(&cfg, now(), false).await;
+    assert_eq!(r.status, RunStatus::Ok);
+    assert_eq!(class(&r, "visits").affected, 2);
+    assert_eq!(db.int("SELECT COUNT(*) FROM fired").await, Some(1));
+    assert_eq!(
+        authors(&db).await,
+        [Some(0), Some(20), Some(0), Some(10), Some(10), Some(10)]
+    );
+    assert_eq!(
+        db.int("SELECT COUNT(*) FROM visits WHERE member_id = 0")
+            .await,
+        Some(2)
+    );
+}
+
+three_backends_with!(
+    pseudonymize_clears_linked_rows,
+    super::SQLITE,
+    super::MYSQL,
+    super::PG
+);
+/// Pseudonymize takes the key-list form (it looks up each batch's pseudonyms): the
+/// linked rows lose the patron there too, and are not given the pseudonym.
+async fn pseudonymize_clears_linked_rows(db: TestDb) {
+    seed(&db).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("pseudonym.key");
+    std::fs::write(
+        &key_file,
+        "5f1d2c3b4a596877869504a3b2c1d0e9f8a7b6c5d4e3f2a1",
+    )
+    .expect("key file");
+    let cfg = config_with_profile(
+        &db.url,
+        "none",
+        &format!(
+            "pseudonyms: {{ key_file: \"{}\" }}\n{}",
+            key_file.display(),
+            visits_class("action: pseudonymize\n    pseudonymize: { member_id: pseudonym }")
+        ),
+    );
+    let r = run_at(&cfg, now(), false).await;
+    assert_eq!(r.status, RunStatus::Ok);
+    assert_eq!(class(&r, "visits").affected, 2);
+    assert_eq!(
+        authors(&db).await,
+        [None, Some(20), None, Some(10), Some(10), Some(10)]
+    );
+    assert_eq!(db.count("visits WHERE member_id < 0").await, 2);
+}
