@@ -481,15 +481,29 @@ impl Inventory {
     }
 }
 
-/// An enabled class's age column(s) that no index serves.
+/// What an advised index would serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexPurpose {
+    /// The class's age column(s): every count and batch compares them with the cutoff.
+    Age,
+    /// The `column` of a `linked:` entry (Koha's `checkout_renewals.checkout_id`):
+    /// without an index each batch finds its linked rows through the patron column,
+    /// reading every linked row of the batch's patrons (all their renewals, of any
+    /// year), a cost that grows with the history.
+    Linked,
+}
+
+/// An enabled class's age column(s), or `linked:` column, that no index serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexAdvice {
-    /// The class (the first, when several classes share the table and age).
+    /// The class (the first, when several classes share the table and columns).
     pub class: String,
     /// The table.
     pub table: TableName,
-    /// The age column(s).
+    /// The age column(s), or the one linked column.
     pub columns: Vec<Ident>,
+    /// Which of the two.
+    pub purpose: IndexPurpose,
     /// Rows each of the class's counts and batches may have to scan: the table's row
     /// estimate (see [`Db::row_estimate`]).
     pub rows: Option<u64>,
@@ -513,7 +527,8 @@ impl IndexAdvice {
 }
 
 /// The index advice for the enabled classes: each distinct (table, age columns) that
-/// no index serves, in class order. Advice only: a missing index makes counts and
+/// no index serves, in class order, then each `linked:` column no index serves
+/// ([`IndexPurpose::Linked`]). Advice only: a missing index makes counts and
 /// batches scan the table (slower, and longer row locks on MariaDB), never changes
 /// what is selected, so `check` reports it and exits 0 (also with `--strict`, which is
 /// about compliance: consent settings).
@@ -553,11 +568,41 @@ pub async fn index_advice(cfg: &Config, db: &Db) -> Result<Vec<IndexAdvice>, DbE
             class: c.name.clone(),
             table: table.clone(),
             columns: c.age.columns.clone(),
+            purpose: IndexPurpose::Age,
             rows: db.row_estimate(table).await?,
             index: catalog::index_name(backend, table, &c.age.columns),
             statement,
             note,
         });
+    }
+    for c in &cfg.classes {
+        for l in &c.linked {
+            let columns = vec![l.column.clone()];
+            let dup = out.iter().any(|a| {
+                a.table == l.table
+                    && a.columns.len() == 1
+                    && a.columns[0]
+                        .as_str()
+                        .eq_ignore_ascii_case(l.column.as_str())
+            });
+            if dup || catalog::serving(&db.indexes(&l.table).await?, &columns).is_some() {
+                continue;
+            }
+            let statement = catalog::create_statement(backend, &l.table, &columns);
+            let note = statement.is_none().then(|| {
+                "a schema-qualified table on MariaDB/MySQL: create the index by hand".to_string()
+            });
+            out.push(IndexAdvice {
+                class: c.name.clone(),
+                table: l.table.clone(),
+                purpose: IndexPurpose::Linked,
+                rows: db.row_estimate(&l.table).await?,
+                index: catalog::index_name(backend, &l.table, &columns),
+                columns,
+                statement,
+                note,
+            });
+        }
     }
     Ok(out)
 }
@@ -573,8 +618,8 @@ pub struct CreatedIndex {
 
 /// Creates the index of each piece of advice that has a statement, one at a time: the
 /// statement outside a transaction ([`Db::create_index`]), the catalog read again to
-/// confirm the index now serves the age, then an `index-created` ledger entry
-/// (`{"class", "columns", "index", "statement", "table"}`) in a transaction of its own.
+/// confirm the index now serves the columns, then an `index-created` ledger entry
+/// (`{"class", "columns", "index", "purpose": "age"|"linked", "statement", "table"}`) in a transaction of its own.
 /// Lethe's tables are migrated first. No other statement is run on library tables.
 ///
 /// The DDL and its ledger entry cannot share a transaction (PostgreSQL refuses
@@ -610,6 +655,10 @@ pub async fn create_indexes(db: &Db, advice: &[IndexAdvice]) -> Result<Vec<Creat
             "class": a.class,
             "columns": names(&a.columns),
             "index": a.index,
+            "purpose": match a.purpose {
+                IndexPurpose::Age => "age",
+                IndexPurpose::Linked => "linked",
+            },
             "statement": stmt,
             "table": a.table.to_string(),
         })

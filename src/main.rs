@@ -514,20 +514,33 @@ async fn index_advice(cfg: &Config, db: &Db, create_indexes: bool) -> Result<(),
         Err(e) => return Err(engine_exit(&e.into())),
     };
     if advice.is_empty() {
-        out!("indexes: an index serves every enabled class's age column");
+        out!("indexes: an index serves every enabled class's age column and linked column");
         return Ok(());
     }
     out!(
-        "index advice ({}): no index serves these age columns; counts and batches scan the table",
+        "index advice ({}): no index serves these columns; counts and batches scan the table",
         advice.len()
     );
+    if advice
+        .iter()
+        .any(|a| a.purpose == lethe::inventory::IndexPurpose::Linked)
+    {
+        out!(
+            "  (linked: a linked column; each batch reads every linked row of its patrons instead)"
+        );
+    }
     let width = advice.iter().map(|a| a.class.len()).max().unwrap_or(0);
     for a in &advice {
         let rows = a
             .rows
             .map(|n| format!("~{n} rows scanned"))
             .unwrap_or_else(|| "rows unknown".into());
-        out!("  {:<width$}  {}  {rows}", a.class, a.target());
+        let linked = if a.purpose == lethe::inventory::IndexPurpose::Linked {
+            "  (linked)"
+        } else {
+            ""
+        };
+        out!("  {:<width$}  {}  {rows}{linked}", a.class, a.target());
         match (&a.statement, &a.note) {
             (Some(s), _) => out!("  {:<width$}    {s};", ""),
             (None, Some(n)) => out!("  {:<width$}    {n}", ""),

@@ -69,8 +69,8 @@ impl Koha {
     /// Creates `lethe_bench` afresh (dropping an old one), loads the fixture, the
     /// demo's patrons and items, then `rows` rows of `old_issues`, 2 % of them with an
     /// open fine, and keeps a pristine copy of the table.
-    pub async fn setup(rows: u64, bench_dir: &std::path::Path) -> Result<Koha> {
-        match Self::build(rows, bench_dir).await {
+    pub async fn setup(rows: u64, bench_dir: &std::path::Path, linked_index: bool) -> Result<Koha> {
+        match Self::build(rows, bench_dir, linked_index).await {
             Ok(b) => Ok(b),
             Err(e) => {
                 // Leave no half-built database behind.
@@ -83,7 +83,7 @@ impl Koha {
         }
     }
 
-    async fn build(rows: u64, bench_dir: &std::path::Path) -> Result<Koha> {
+    async fn build(rows: u64, bench_dir: &std::path::Path, linked_index: bool) -> Result<Koha> {
         let admin = MySqlPool::connect(&format!("{ROOT}/"))
             .await
             .context("MariaDB at 127.0.0.1:3306 (root, no password)")?;
@@ -112,6 +112,13 @@ impl Koha {
         let stats = lethe::demo::populate(lethe::demo::DemoTarget::MySql(&pool), &opts).await?;
         let anon = stats.anonymous_patron;
         generate(&pool, rows, anon).await?;
+        if linked_index {
+            exec(
+                &pool,
+                "ALTER TABLE checkout_renewals ADD INDEX lethe_checkout_renewals_checkout_id (checkout_id)",
+            )
+            .await?;
+        }
 
         let row = sqlx::query("SHOW CREATE TABLE old_issues")
             .fetch_one(&pool)
@@ -141,6 +148,7 @@ impl Koha {
             "open_fines_on_old_issues": scalar(&pool, "SELECT COUNT(*) FROM accountlines WHERE old_issue_id IS NOT NULL AND amountoutstanding > 0").await?,
             "innodb_buffer_pool_mib": scalar(&pool, "SELECT @@innodb_buffer_pool_size DIV 1048576").await?,
             "index_on_returndate": false,
+            "index_on_checkout_renewals_checkout_id": linked_index,
             "reset": match pristine {
                 Pristine::Tablespace { .. } => "tablespace import",
                 Pristine::Table => "INSERT … SELECT",

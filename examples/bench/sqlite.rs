@@ -71,8 +71,8 @@ async fn scalar(pool: &SqlitePool, sql: &str) -> Result<i64> {
 impl Koha {
     /// Creates the file afresh in `dir`, with `rows` rows of `old_issues` (2 % with an
     /// open fine), analyzes it and copies it to the pristine file.
-    pub async fn setup(rows: u64, dir: &Path) -> Result<Koha> {
-        match Self::build(rows, dir).await {
+    pub async fn setup(rows: u64, dir: &Path, linked_index: bool) -> Result<Koha> {
+        match Self::build(rows, dir, linked_index).await {
             Ok(b) => Ok(b),
             Err(e) => {
                 // Leave no half-built file behind.
@@ -83,7 +83,7 @@ impl Koha {
         }
     }
 
-    async fn build(rows: u64, dir: &Path) -> Result<Koha> {
+    async fn build(rows: u64, dir: &Path, linked_index: bool) -> Result<Koha> {
         let path = dir.join("lethe_bench.db");
         let pristine = dir.join("lethe_bench.pristine.db");
         remove_db(&path)?;
@@ -97,6 +97,13 @@ impl Koha {
         opts.timezone = chrono_tz::UTC;
         let stats = lethe::demo::populate(lethe::demo::DemoTarget::Sqlite(&pool), &opts).await?;
         let anon = stats.anonymous_patron;
+        if linked_index {
+            exec(
+                &pool,
+                "CREATE INDEX lethe_checkout_renewals_checkout_id ON checkout_renewals (checkout_id)",
+            )
+            .await?;
+        }
 
         exec(
             &pool,
@@ -167,6 +174,7 @@ impl Koha {
             "privacy_2_patrons": scalar(&pool, "SELECT COUNT(*) FROM borrowers WHERE privacy = 2").await?,
             "open_fines_on_old_issues": scalar(&pool, "SELECT COUNT(*) FROM accountlines WHERE old_issue_id IS NOT NULL AND amountoutstanding > 0").await?,
             "index_on_returndate": false,
+            "index_on_checkout_renewals_checkout_id": linked_index,
         });
         exec(&pool, "PRAGMA wal_checkpoint(TRUNCATE)").await?;
         pool.close().await;

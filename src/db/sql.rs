@@ -60,6 +60,10 @@ pub struct Bindings {
     pub pseudonym_key: Option<Arc<secrecy::SecretString>>,
     /// The library's time zone (aggregate months are local months).
     pub timezone: chrono_tz::Tz,
+    /// For each `linked:` entry of the class, in order, whether an index serves its
+    /// `column` (read from the catalog once per run; missing entries: no). See
+    /// [`LinkedVia`].
+    pub linked_indexed: Arc<Vec<bool>>,
 }
 
 /// A (schema-qualified) table name for sea-query.
@@ -648,35 +652,67 @@ pub fn batch_patrons_query(
     Some(q)
 }
 
+/// How [`linked_statement`] finds the rows of one `linked:` entry.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkedVia<'a> {
+    /// By their `column` (the class's key), when an index serves it: `other.column IN
+    /// (keys)` or `other.column >= from AND other.column < to`. Only the linked rows of
+    /// the batch's own rows are read.
+    Column,
+    /// By their patron column, given the patrons of the batch's rows
+    /// ([`batch_patrons_query`]): `other.patron IN (patrons)`. Reads every linked row
+    /// of those patrons, of this batch's rows or not.
+    Patrons(&'a [super::Cell]),
+}
+
+/// Whether an index serves `linked:` entry `i` of the class's `column` (see
+/// [`Bindings::linked_indexed`]).
+pub fn linked_by_column(b: &Bindings, i: usize) -> bool {
+    b.linked_indexed.get(i).copied().unwrap_or(false)
+}
+
 /// For one `linked:` entry, run in the batch's transaction before the class's change:
-/// `UPDATE other SET patron = <value> WHERE other.patron IN (<patrons>) AND EXISTS
-/// (SELECT 1 FROM table WHERE table.key = other.column AND table.patron = other.patron
-/// AND <rows> AND <eligible>)`. Only rows that point at a row the batch changes, and
-/// name that row's own patron, are rewritten (a renewal made by staff keeps the staff
-/// id). The patrons are given as values, not as a subquery, so that an index on the
-/// patron column finds the rows: Koha indexes `checkout_renewals.renewer_id` and not
-/// `checkout_id`, and MariaDB 10.11 runs `IN (SELECT …)` in an UPDATE as a dependent
-/// subquery per row of the whole table (EXPLAIN: `index` over the primary key).
-/// `<value>`: [`ClassDef::linked_value`].
+/// `UPDATE other SET patron = <value> WHERE <via> AND EXISTS (SELECT 1 FROM table
+/// WHERE table.key = other.column AND table.patron = other.patron AND <rows> AND
+/// <eligible>)`. Only rows that point at a row the batch changes, and name that row's
+/// own patron, are rewritten (a renewal made by staff keeps the staff id). With
+/// [`LinkedVia::Patrons`] the patrons are given as values, not as a subquery, so that
+/// an index on the patron column finds the rows: Koha indexes
+/// `checkout_renewals.renewer_id` and not `checkout_id`, and MariaDB 10.11 runs `IN
+/// (SELECT …)` in an UPDATE as a dependent subquery per row of the whole table
+/// (EXPLAIN: `index` over the primary key). `<value>`: [`ClassDef::linked_value`].
+/// `None` when there is nothing to look up (no patron column, no patrons).
 pub fn linked_statement(
     class: &ClassDef,
     b: &Bindings,
     linked: &crate::config::Linked,
     rows: BatchRows<'_>,
-    patrons: &[super::Cell],
+    via: LinkedVia<'_>,
 ) -> Option<UpdateStatement> {
     let patron = class.patron.as_ref()?;
-    let values: Vec<Expr> = patrons
-        .iter()
-        .filter_map(|c| match c {
-            super::Cell::Null => None,
-            super::Cell::Int(i) => Some(Expr::val(*i)),
-            super::Cell::Text(t) => Some(Expr::val(t.clone())),
-        })
-        .collect();
-    if values.is_empty() {
-        return None;
-    }
+    let found = match via {
+        LinkedVia::Column => {
+            let c = tcol(&linked.table, &linked.column);
+            match rows {
+                BatchRows::Keys(keys) => Cond::all().add(c.is_in(padded(keys))),
+                BatchRows::Range(from, to) => Cond::all().add(c.clone().gte(from)).add(c.lt(to)),
+            }
+        }
+        LinkedVia::Patrons(patrons) => {
+            let values: Vec<Expr> = patrons
+                .iter()
+                .filter_map(|c| match c {
+                    super::Cell::Null => None,
+                    super::Cell::Int(i) => Some(Expr::val(*i)),
+                    super::Cell::Text(t) => Some(Expr::val(t.clone())),
+                })
+                .collect();
+            if values.is_empty() {
+                return None;
+            }
+            Cond::all().add(tcol(&linked.table, &linked.patron).is_in(padded(&values)))
+        }
+    };
     let mut inner = Query::select();
     inner
         .expr(Expr::val(1))
@@ -691,7 +727,7 @@ pub fn linked_statement(
             Alias::new(linked.patron.as_str()),
             fixed_value(&class.linked_value(), b),
         )
-        .and_where(tcol(&linked.table, &linked.patron).is_in(padded(&values)))
+        .cond_where(found)
         .and_where(Expr::exists(inner));
     Some(u)
 }
@@ -1214,7 +1250,82 @@ pub fn unlink_statements(class: &ClassDef, keys: &[i64]) -> Vec<UpdateStatement>
 
 #[cfg(test)]
 mod tests {
-    use super::padded;
+    use super::*;
+
+    /// A class with one `linked:` entry, parsed as `retention.yaml` would be, and its
+    /// bindings with `linked_indexed` as given.
+    fn linked_class(indexed: bool) -> (ClassDef, Bindings) {
+        let yaml = "library: T\ndatabase:\n  url: \"sqlite:///tmp/lethe-unit.db\"\n\
+             schedule:\n  cron: \"30 2 * * *\"\n  timezone: UTC\n\
+             report:\n  outbox: outbox\nprofile: none\nclasses:\n  visits:\n    table: visits\n    \
+             key: id\n    patron: member_id\n    age: { columns: [left_at], type: datetime }\n    \
+             retain: 30 days\n    action: delete\n    \
+             linked:\n      - { table: visit_notes, column: visit_id, patron: author_id }\n";
+        let cfg = crate::config::parse_str(yaml, "t.yaml", std::path::Path::new("/tmp"), &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let class = cfg.classes[0].clone();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .expect("time");
+        let b = Bindings {
+            cutoff: crate::policy::cutoff(now, chrono_tz::UTC, class.retain).expect("cutoff"),
+            anonymous_patron: None,
+            backend: Backend::Sqlite,
+            patron_cutoffs: Arc::default(),
+            purge_arg_types: Arc::default(),
+            legal_holds: false,
+            pseudonym_key: None,
+            timezone: chrono_tz::UTC,
+            linked_indexed: Arc::new(vec![indexed]),
+        };
+        (class, b)
+    }
+
+    #[test]
+    fn linked_rows_are_found_by_their_column_when_it_is_indexed_else_by_patron() {
+        let (class, b) = linked_class(true);
+        assert!(linked_by_column(&b, 0));
+        let l = &class.linked[0];
+        let sql = linked_statement(&class, &b, l, BatchRows::Range(100, 200), LinkedVia::Column)
+            .expect("statement")
+            .to_string(sea_query::SqliteQueryBuilder);
+        assert!(
+            sql.contains(r#""visit_notes"."visit_id" >= 100 AND "visit_notes"."visit_id" < 200"#),
+            "{sql}"
+        );
+        assert!(!sql.contains(r#""author_id" IN"#), "{sql}");
+        let (_, unindexed) = linked_class(false);
+        assert!(!linked_by_column(&unindexed, 0));
+        let patrons = [super::super::Cell::Int(7), super::super::Cell::Null];
+        let sql = linked_statement(
+            &class,
+            &unindexed,
+            l,
+            BatchRows::Range(100, 200),
+            LinkedVia::Patrons(&patrons),
+        )
+        .expect("statement")
+        .to_string(sea_query::SqliteQueryBuilder);
+        assert!(sql.contains(r#""visit_notes"."author_id" IN (7)"#), "{sql}");
+        // No patron to look up: no statement.
+        assert!(
+            linked_statement(
+                &class,
+                &unindexed,
+                l,
+                BatchRows::Range(1, 2),
+                LinkedVia::Patrons(&[])
+            )
+            .is_none()
+        );
+        // The class's own statement waits for linked rows still naming its patron.
+        let d =
+            delete_range_statement(&class, &b, 100, 200).to_string(sea_query::SqliteQueryBuilder);
+        assert!(
+            d.contains(r#"NOT EXISTS(SELECT 1 FROM "visit_notes" WHERE "visit_notes"."visit_id" = "visits"."id" AND "visit_notes"."author_id" = "visits"."member_id")"#),
+            "{d}"
+        );
+    }
 
     #[test]
     fn in_lists_are_padded_to_a_few_lengths_with_the_last_value() {

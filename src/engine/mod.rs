@@ -238,6 +238,9 @@ pub struct Prepared {
     pub purge_arg_types: HashMap<String, Vec<String>>,
     /// Whether Lethe's legal-hold table exists.
     pub legal_holds: bool,
+    /// Per class with `linked:` rows (by name): whether an index serves each entry's
+    /// `column` (see [`sql::LinkedVia`]).
+    pub linked_indexed: HashMap<String, Vec<bool>>,
 }
 
 /// Most distinct values read for one patron-period setting. The OPAC offers a short
@@ -317,11 +320,23 @@ pub async fn prepare(cfg: &Config, db: &Db) -> Result<Prepared, EngineError> {
     let holds_table =
         crate::config::TableName::new("lethe_legal_holds").map_err(DbError::Schema)?;
     let legal_holds = !db.columns(&holds_table).await?.is_empty();
+    let mut linked_indexed = HashMap::new();
+    for class in cfg.classes.iter().filter(|c| !c.linked.is_empty()) {
+        let mut served = Vec::new();
+        for l in &class.linked {
+            let indexes = db.indexes(&l.table).await?;
+            served.push(
+                crate::db::catalog::serving(&indexes, std::slice::from_ref(&l.column)).is_some(),
+            );
+        }
+        linked_indexed.insert(class.name.clone(), served);
+    }
     Ok(Prepared {
         anonymous_patron,
         patron_periods,
         purge_arg_types,
         legal_holds,
+        linked_indexed,
     })
 }
 
@@ -462,6 +477,12 @@ fn bindings(
         legal_holds: p.legal_holds,
         timezone: cfg.schedule.timezone,
         pseudonym_key: cfg.pseudonym_key.clone().map(std::sync::Arc::new),
+        linked_indexed: std::sync::Arc::new(
+            p.linked_indexed
+                .get(&class.name)
+                .cloned()
+                .unwrap_or_default(),
+        ),
     })
 }
 
@@ -1382,17 +1403,25 @@ async fn linked_rows(
     if class.linked.is_empty() {
         return Ok(());
     }
-    let Some(q) = sql::batch_patrons_query(class, b, rows) else {
-        return Ok(());
-    };
-    let patrons: Vec<crate::db::Cell> = tx
-        .fetch_cells(&q)
-        .await?
-        .into_iter()
-        .filter_map(|r| r.into_iter().next())
-        .collect();
-    for l in &class.linked {
-        if let Some(u) = sql::linked_statement(class, b, l, rows, &patrons) {
+    let mut patrons: Vec<crate::db::Cell> = Vec::new();
+    if (0..class.linked.len()).any(|i| !sql::linked_by_column(b, i)) {
+        let Some(q) = sql::batch_patrons_query(class, b, rows) else {
+            return Ok(());
+        };
+        patrons = tx
+            .fetch_cells(&q)
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect();
+    }
+    for (i, l) in class.linked.iter().enumerate() {
+        let via = if sql::linked_by_column(b, i) {
+            sql::LinkedVia::Column
+        } else {
+            sql::LinkedVia::Patrons(&patrons)
+        };
+        if let Some(u) = sql::linked_statement(class, b, l, rows, via) {
             let n = tx.execute(&u).await?;
             tracing::debug!(class = %class.name, table = %l.table, rows = n, "linked rows rewritten");
         }

@@ -217,3 +217,59 @@ async fn pseudonymize_clears_linked_rows(db: TestDb) {
     );
     assert_eq!(db.count("visits WHERE member_id < 0").await, 2);
 }
+
+three_backends_with!(
+    the_link_column_is_advised_an_index_then_used,
+    super::SQLITE,
+    super::MYSQL,
+    super::PG
+);
+/// `check`'s advice names `visit_notes.visit_id` (as it names Koha's
+/// `checkout_renewals.checkout_id`, which Koha leaves unindexed); once the index is
+/// created the advice is gone and a run finds the linked rows by it, with the same
+/// result as through the patrons.
+async fn the_link_column_is_advised_an_index_then_used(db: TestDb) {
+    use lethe::inventory::{IndexPurpose, create_indexes, index_advice};
+    seed(&db).await;
+    let cfg = config_with_profile(
+        &db.url,
+        "none",
+        &visits_class("action: anonymize\n    anonymize: { member_id: { set_value: 0 } }"),
+    );
+    let conn = lethe::db::Db::connect_url(
+        db.backend,
+        &db.url,
+        "test",
+        std::time::Duration::from_secs(30),
+    )
+    .await
+    .expect("connect");
+    let advice = index_advice(&cfg, &conn).await.expect("advice");
+    let linked: Vec<_> = advice
+        .iter()
+        .filter(|a| a.purpose == IndexPurpose::Linked)
+        .collect();
+    assert_eq!(linked.len(), 1, "{advice:?}");
+    assert_eq!(linked[0].target(), "visit_notes.visit_id");
+    assert_eq!(linked[0].index, "lethe_visit_notes_visit_id");
+    assert_eq!(linked[0].class, "visits");
+    assert!(linked[0].statement.is_some(), "{advice:?}");
+    let created = create_indexes(&conn, &advice).await.expect("create");
+    assert!(
+        created
+            .iter()
+            .any(|c| c.advice.index == "lethe_visit_notes_visit_id"),
+        "{created:?}"
+    );
+    let again = index_advice(&cfg, &conn).await.expect("advice");
+    assert!(again.is_empty(), "{again:?}");
+    conn.close().await;
+
+    let r = run_at(&cfg, now(), false).await;
+    assert_eq!(r.status, RunStatus::Ok);
+    assert_eq!(class(&r, "visits").affected, 2);
+    assert_eq!(
+        authors(&db).await,
+        [Some(0), Some(20), Some(0), Some(10), Some(10), Some(10)]
+    );
+}
