@@ -537,72 +537,54 @@ impl IndexAdvice {
 /// [`DbError`] from the catalog.
 pub async fn index_advice(cfg: &Config, db: &Db) -> Result<Vec<IndexAdvice>, DbError> {
     let backend = db.backend();
-    let mut out: Vec<IndexAdvice> = Vec::new();
+    // (class, table, columns, purpose), in the order advice is given.
+    let mut wanted: Vec<(&str, &TableName, Vec<Ident>, IndexPurpose)> = Vec::new();
     for c in &cfg.classes {
         // The table holding the age: the class's own, or the linked one of `age.from`.
         let table = c.age.from.as_ref().map_or(&c.table, |f| &f.table);
+        wanted.push((&c.name, table, c.age.columns.clone(), IndexPurpose::Age));
+    }
+    for c in &cfg.classes {
+        for l in &c.linked {
+            wanted.push((
+                &c.name,
+                &l.table,
+                vec![l.column.clone()],
+                IndexPurpose::Linked,
+            ));
+        }
+    }
+    let mut out: Vec<IndexAdvice> = Vec::new();
+    for (class, table, columns, purpose) in wanted {
         let dup = out.iter().any(|a| {
             &a.table == table
-                && a.columns.len() == c.age.columns.len()
+                && a.columns.len() == columns.len()
                 && a.columns
                     .iter()
-                    .zip(&c.age.columns)
+                    .zip(&columns)
                     .all(|(x, y)| x.as_str().eq_ignore_ascii_case(y.as_str()))
         });
-        if dup {
+        if dup || db.index_serves(table, &columns).await? {
             continue;
         }
-        let indexes = db.indexes(table).await?;
-        if catalog::serving(&indexes, &c.age.columns).is_some() {
-            continue;
-        }
-        let statement = catalog::create_statement(backend, table, &c.age.columns);
-        let note = match (&statement, c.age.columns.len()) {
+        let statement = catalog::create_statement(backend, table, &columns);
+        let note = match (&statement, columns.len()) {
             (Some(_), _) => None,
-            (None, n) if n > 1 => Some(no_coalesce_index(&c.age.columns)),
+            (None, n) if n > 1 => Some(no_coalesce_index(&columns)),
             (None, _) => Some(
                 "a schema-qualified table on MariaDB/MySQL: create the index by hand".to_string(),
             ),
         };
         out.push(IndexAdvice {
-            class: c.name.clone(),
+            class: class.to_string(),
             table: table.clone(),
-            columns: c.age.columns.clone(),
-            purpose: IndexPurpose::Age,
+            purpose,
             rows: db.row_estimate(table).await?,
-            index: catalog::index_name(backend, table, &c.age.columns),
+            index: catalog::index_name(backend, table, &columns),
+            columns,
             statement,
             note,
         });
-    }
-    for c in &cfg.classes {
-        for l in &c.linked {
-            let columns = vec![l.column.clone()];
-            let dup = out.iter().any(|a| {
-                a.table == l.table
-                    && a.columns.len() == 1
-                    && a.columns[0]
-                        .as_str()
-                        .eq_ignore_ascii_case(l.column.as_str())
-            });
-            if dup || catalog::serving(&db.indexes(&l.table).await?, &columns).is_some() {
-                continue;
-            }
-            let statement = catalog::create_statement(backend, &l.table, &columns);
-            let note = statement.is_none().then(|| {
-                "a schema-qualified table on MariaDB/MySQL: create the index by hand".to_string()
-            });
-            out.push(IndexAdvice {
-                class: c.name.clone(),
-                table: l.table.clone(),
-                purpose: IndexPurpose::Linked,
-                rows: db.row_estimate(&l.table).await?,
-                index: catalog::index_name(backend, &l.table, &columns),
-                columns,
-                statement,
-                note,
-            });
-        }
     }
     Ok(out)
 }
@@ -636,12 +618,12 @@ pub async fn create_indexes(db: &Db, advice: &[IndexAdvice]) -> Result<Vec<Creat
     for a in advice {
         let Some(stmt) = &a.statement else { continue };
         // Another worker, or an earlier advice on the same table, may have made it.
-        if catalog::serving(&db.indexes(&a.table).await?, &a.columns).is_some() {
+        if db.index_serves(&a.table, &a.columns).await? {
             continue;
         }
         tracing::info!(class = %a.class, table = %a.table, index = %a.index, "creating index");
         db.create_index(stmt).await?;
-        if catalog::serving(&db.indexes(&a.table).await?, &a.columns).is_none() {
+        if !db.index_serves(&a.table, &a.columns).await? {
             return Err(DbError::Schema(format!(
                 "after creating {} on {}, no valid index serves {}: drop an invalid or clashing index {} \
                  and run check --create-indexes again",

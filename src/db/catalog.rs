@@ -173,6 +173,18 @@ pub fn create_statement(backend: Backend, table: &TableName, columns: &[Ident]) 
 }
 
 impl Db {
+    /// Whether an index of `table` serves `columns` ([`serving`]).
+    ///
+    /// # Errors
+    /// The catalog query failed.
+    pub async fn index_serves(
+        &self,
+        table: &TableName,
+        columns: &[Ident],
+    ) -> Result<bool, DbError> {
+        Ok(serving(&self.indexes(table).await?, columns).is_some())
+    }
+
     /// The indexes of `table` that a range comparison can use, each with its key in
     /// order (see the module doc for each backend's source); empty when the table has
     /// none or does not exist.

@@ -324,9 +324,9 @@ pub async fn prepare(cfg: &Config, db: &Db) -> Result<Prepared, EngineError> {
     for class in cfg.classes.iter().filter(|c| !c.linked.is_empty()) {
         let mut served = Vec::new();
         for l in &class.linked {
-            let indexes = db.indexes(&l.table).await?;
             served.push(
-                crate::db::catalog::serving(&indexes, std::slice::from_ref(&l.column)).is_some(),
+                db.index_serves(&l.table, std::slice::from_ref(&l.column))
+                    .await?,
             );
         }
         linked_indexed.insert(class.name.clone(), served);
@@ -1434,9 +1434,10 @@ async fn linked_rows(
 /// `delete_with` or `unlink`. This is the database's own range loop (one statement per
 /// range, then COMMIT) with the ledger's count added; the key-list form costs a
 /// `SELECT … FOR UPDATE` round trip and a second evaluation of the predicate. A class
-/// with `linked:` rows first reads the patrons of the range's eligible rows (unlocked)
-/// and rewrites the linked rows, and its statement skips any row a linked row still
-/// names the patron of (`sql::linked_guard`). Returns the rows changed, or `None` when
+/// with `linked:` rows first rewrites the linked rows ([`linked_rows`]: by their column
+/// where an index serves it, else through the patrons of the range's rows in period,
+/// read unlocked), and its statement skips any row a linked row still names the patron
+/// of (`sql::linked_guard`). Returns the rows changed, or `None` when
 /// the class needs the key-list form.
 async fn range_batch(
     tx: &mut crate::db::Tx,

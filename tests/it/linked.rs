@@ -65,6 +65,21 @@ async fn seed(db: &TestDb) {
     }
 }
 
+/// The notes' authors after the past visits were anonymized (member id 0): notes 1 and
+/// 3 rewritten, the rest kept (see [`seed`]).
+const ANONYMIZED: [Option<i64>; 6] = [Some(0), Some(20), Some(0), Some(10), Some(10), Some(10)];
+/// The same after the past visits were deleted or pseudonymized: notes 1 and 3 cleared.
+const CLEARED: [Option<i64>; 6] = [None, Some(20), None, Some(10), Some(10), Some(10)];
+
+/// The class anonymizing visits to member id 0.
+fn anonymize_config(db: &TestDb) -> lethe::config::Config {
+    config_with_profile(
+        &db.url,
+        "none",
+        &visits_class("action: anonymize\n    anonymize: { member_id: { set_value: 0 } }"),
+    )
+}
+
 async fn authors(db: &TestDb) -> Vec<Option<i64>> {
     let mut out = Vec::new();
     for id in 1..=6 {
@@ -86,27 +101,17 @@ three_backends_with!(
 );
 async fn anonymize_gives_linked_rows_the_same_value(db: TestDb) {
     seed(&db).await;
-    let cfg = config_with_profile(
-        &db.url,
-        "none",
-        &visits_class("action: anonymize\n    anonymize: { member_id: { set_value: 0 } }"),
-    );
+    let cfg = anonymize_config(&db);
     let r = run_at(&cfg, now(), false).await;
     assert_eq!(r.status, RunStatus::Ok);
     assert_eq!(class(&r, "visits").affected, 2);
-    assert_eq!(
-        authors(&db).await,
-        [Some(0), Some(20), Some(0), Some(10), Some(10), Some(10)]
-    );
+    assert_eq!(authors(&db).await, ANONYMIZED);
     // A second run: the visits are anonymized, nothing else changes.
     assert_eq!(
         class(&run_at(&cfg, now(), false).await, "visits").affected,
         0
     );
-    assert_eq!(
-        authors(&db).await,
-        [Some(0), Some(20), Some(0), Some(10), Some(10), Some(10)]
-    );
+    assert_eq!(authors(&db).await, ANONYMIZED);
 }
 
 three_backends_with!(
@@ -122,10 +127,7 @@ async fn delete_clears_linked_rows(db: TestDb) {
     assert_eq!(r.status, RunStatus::Ok);
     assert_eq!(class(&r, "visits").affected, 2);
     assert_eq!(db.count("visits").await, 1);
-    assert_eq!(
-        authors(&db).await,
-        [None, Some(20), None, Some(10), Some(10), Some(10)]
-    );
+    assert_eq!(authors(&db).await, CLEARED);
 }
 
 /// The first time the batch rewrites note 1, the rewrite is undone (a stand-in for a
@@ -162,19 +164,12 @@ async fn a_row_whose_linked_rows_still_name_its_patron_waits_for_them(db: TestDb
         Raw::Postgres(_) => UNDO_PG,
     })
     .await;
-    let cfg = config_with_profile(
-        &db.url,
-        "none",
-        &visits_class("action: anonymize\n    anonymize: { member_id: { set_value: 0 } }"),
-    );
+    let cfg = anonymize_config(&db);
     let r = run_at(&cfg, now(), false).await;
     assert_eq!(r.status, RunStatus::Ok);
     assert_eq!(class(&r, "visits").affected, 2);
     assert_eq!(db.int("SELECT COUNT(*) FROM fired").await, Some(1));
-    assert_eq!(
-        authors(&db).await,
-        [Some(0), Some(20), Some(0), Some(10), Some(10), Some(10)]
-    );
+    assert_eq!(authors(&db).await, ANONYMIZED);
     assert_eq!(
         db.int("SELECT COUNT(*) FROM visits WHERE member_id = 0")
             .await,
@@ -211,10 +206,7 @@ async fn pseudonymize_clears_linked_rows(db: TestDb) {
     let r = run_at(&cfg, now(), false).await;
     assert_eq!(r.status, RunStatus::Ok);
     assert_eq!(class(&r, "visits").affected, 2);
-    assert_eq!(
-        authors(&db).await,
-        [None, Some(20), None, Some(10), Some(10), Some(10)]
-    );
+    assert_eq!(authors(&db).await, CLEARED);
     assert_eq!(db.count("visits WHERE member_id < 0").await, 2);
 }
 
@@ -231,11 +223,7 @@ three_backends_with!(
 async fn the_link_column_is_advised_an_index_then_used(db: TestDb) {
     use lethe::inventory::{IndexPurpose, create_indexes, index_advice};
     seed(&db).await;
-    let cfg = config_with_profile(
-        &db.url,
-        "none",
-        &visits_class("action: anonymize\n    anonymize: { member_id: { set_value: 0 } }"),
-    );
+    let cfg = anonymize_config(&db);
     let conn = lethe::db::Db::connect_url(
         db.backend,
         &db.url,
@@ -268,8 +256,5 @@ async fn the_link_column_is_advised_an_index_then_used(db: TestDb) {
     let r = run_at(&cfg, now(), false).await;
     assert_eq!(r.status, RunStatus::Ok);
     assert_eq!(class(&r, "visits").affected, 2);
-    assert_eq!(
-        authors(&db).await,
-        [Some(0), Some(20), Some(0), Some(10), Some(10), Some(10)]
-    );
+    assert_eq!(authors(&db).await, ANONYMIZED);
 }
