@@ -483,6 +483,7 @@ fn bindings(
                 .cloned()
                 .unwrap_or_default(),
         ),
+        key_range: None,
     })
 }
 
@@ -1314,6 +1315,7 @@ async fn batch(
     from: i64,
     to: i64,
 ) -> Result<Option<(u64, Duration)>, DbError> {
+    let b = &b.within(from, to);
     let began = Instant::now();
     let mut tx = db.begin().await?;
     if let Some(changed) = range_batch(&mut tx, class, b, from, to).await? {
