@@ -263,6 +263,46 @@ impl TestDb {
         }
     }
 
+    /// Several integers read in one statement, so from one snapshot (NULL as 0): a
+    /// server session of a killed process may still commit after a first read and
+    /// before a second, and two reads would then disagree with each other.
+    pub async fn ints(&self, sqls: &[String]) -> Vec<i64> {
+        let ty = self.int_type();
+        let cols: Vec<String> = sqls
+            .iter()
+            .map(|s| format!("CAST(({s}) AS {ty})"))
+            .collect();
+        let q = format!("SELECT {}", cols.join(", "));
+        let row = match &self.raw {
+            Raw::Sqlite(p) => sqlx::query(AssertSqlSafe(q.clone()))
+                .fetch_one(p)
+                .await
+                .map(|r| {
+                    (0..sqls.len())
+                        .map(|i| r.get::<Option<i64>, _>(i))
+                        .collect()
+                }),
+            Raw::MySql(p) => sqlx::query(AssertSqlSafe(q.clone()))
+                .fetch_one(p)
+                .await
+                .map(|r| {
+                    (0..sqls.len())
+                        .map(|i| r.get::<Option<i64>, _>(i))
+                        .collect()
+                }),
+            Raw::Postgres(p) => sqlx::query(AssertSqlSafe(q.clone()))
+                .fetch_one(p)
+                .await
+                .map(|r| {
+                    (0..sqls.len())
+                        .map(|i| r.get::<Option<i64>, _>(i))
+                        .collect()
+                }),
+        };
+        let row: Vec<Option<i64>> = row.unwrap_or_else(|e| panic!("{q}: {e}"));
+        row.into_iter().map(|v| v.unwrap_or(0)).collect()
+    }
+
     pub async fn count(&self, sql_where: &str) -> i64 {
         self.int(&format!("SELECT COUNT(*) FROM {sql_where}"))
             .await

@@ -37,24 +37,27 @@ fn config_file(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     path
 }
 
-/// Rows anonymized so far: old_issues and old_reserves rows that point to the
-/// anonymous patron and carry no note (anonymizing clears the notes too, also on rows
-/// given to the anonymous patron earlier).
-async fn anonymized(db: &TestDb, anon: i64) -> i64 {
-    db.count(&format!(
-        "old_issues WHERE borrowernumber = {anon} AND note IS NULL"
-    ))
-    .await
-        + db.count(&format!(
-            "old_reserves WHERE borrowernumber = {anon} AND reservenotes IS NULL"
-        ))
-        .await
+/// Rows anonymized so far (old_issues and old_reserves rows that point to the
+/// anonymous patron and carry no note: anonymizing clears the notes too, also on rows
+/// given to the anonymous patron earlier) and the ledger's total, read in one statement
+/// (one snapshot): a server session of the killed process may still commit its last
+/// batch between two separate reads.
+async fn anonymized_and_ledger(db: &TestDb, anon: i64) -> (i64, i64) {
+    let mut sqls = anonymized_sql(anon);
+    sqls.push("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes".to_string());
+    let v = db.ints(&sqls).await;
+    (v[0] + v[1], v[2])
 }
 
-async fn ledger_total(db: &TestDb) -> i64 {
-    db.int("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes")
-        .await
-        .unwrap_or(0)
+/// The two counts of [`anonymized_and_ledger`]'s rows (before the first run there is
+/// no ledger to read).
+fn anonymized_sql(anon: i64) -> Vec<String> {
+    vec![
+        format!("SELECT COUNT(*) FROM old_issues WHERE borrowernumber = {anon} AND note IS NULL"),
+        format!(
+            "SELECT COUNT(*) FROM old_reserves WHERE borrowernumber = {anon} AND reservenotes IS NULL"
+        ),
+    ]
 }
 
 /// Runs `lethe run --once` and kills it with SIGKILL after `wait_for` lines that say a
@@ -108,7 +111,7 @@ async fn sigkill_at_random_moments_leaves_the_ledger_equal_to_what_was_done(db: 
         Raw::Postgres(_) => unreachable!("the Koha-shaped crash test runs on SQLite and MariaDB"),
     };
     let anon = stats.anonymous_patron;
-    let before = anonymized(&db, anon).await;
+    let before: i64 = db.ints(&anonymized_sql(anon)).await.iter().sum();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(dir.path(), &db.url);
     let seed: u64 = rand::rng().random();
@@ -123,10 +126,10 @@ async fn sigkill_at_random_moments_leaves_the_ledger_equal_to_what_was_done(db: 
         last_killed = was_killed;
         killed += usize::from(last_killed);
         // Every committed batch is counted in the ledger, and nothing else changed.
-        let done = anonymized(&db, anon).await - before;
+        let (now, ledger) = anonymized_and_ledger(&db, anon).await;
         assert_eq!(
-            ledger_total(&db).await,
-            done,
+            ledger,
+            now - before,
             "seed {seed}, round {round}: ledger and data disagree"
         );
     }
@@ -155,10 +158,8 @@ async fn sigkill_at_random_moments_leaves_the_ledger_equal_to_what_was_done(db: 
         let notices = j["notices"].as_array().map_or(0, Vec::len);
         assert!(notices >= 1, "the report tells of the interrupted run: {j}");
     }
-    assert_eq!(
-        ledger_total(&db).await,
-        anonymized(&db, anon).await - before
-    );
+    let (now, ledger) = anonymized_and_ledger(&db, anon).await;
+    assert_eq!(ledger, now - before);
     let plan = Command::new(LETHE)
         .args(["--config", cfg.to_str().unwrap(), "plan", "--json"])
         .output()
@@ -204,37 +205,43 @@ fn evergreen_config(dir: &std::path::Path, url: &str, enabled: &[&str]) -> std::
 }
 
 /// What the data says was done on the Evergreen library, per class, as the ledger
-/// counts it: chains aged (each deleted chain tail ages its whole chain, head
-/// included), holds aged, reading-history rows gone, patrons purged.
-async fn evergreen_done(db: &TestDb) -> [i64; 4] {
-    [
-        db.count("action.aged_circulation WHERE parent_circ IS NULL")
-            .await,
-        db.count("action.aged_hold_request").await,
-        -db.count("action.usr_circ_history").await,
-        db.count("actor.usr WHERE usrname LIKE '%-PURGED-%'").await,
-    ]
-}
-
-async fn evergreen_ledger(db: &TestDb) -> [i64; 4] {
-    let mut out = [0; 4];
-    for (i, class) in [
+/// counts it (chains aged: each deleted chain tail ages its whole chain, head included;
+/// holds aged; reading-history rows gone; patrons purged), and the ledger's count per
+/// class, both read in one statement (one snapshot): a server session of a killed
+/// process may still commit its last transaction between two separate reads.
+async fn evergreen_done_and_ledger(db: &TestDb) -> ([i64; 4], [i64; 4]) {
+    let mut sqls = evergreen_done_sql();
+    for class in [
         "circulation_history",
         "holds_history",
         "reading_history",
         "expired_patrons",
+    ] {
+        sqls.push(format!(
+            "SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes WHERE class = '{class}'"
+        ));
+    }
+    let v = db.ints(&sqls).await;
+    ([v[0], v[1], -v[2], v[3]], [v[4], v[5], v[6], v[7]])
+}
+
+/// What the data says was done, before the first run (no ledger yet).
+async fn evergreen_done(db: &TestDb) -> [i64; 4] {
+    let v = db.ints(&evergreen_done_sql()).await;
+    [v[0], v[1], -v[2], v[3]]
+}
+
+/// The four counts of [`evergreen_done_and_ledger`]'s data side.
+fn evergreen_done_sql() -> Vec<String> {
+    [
+        "action.aged_circulation WHERE parent_circ IS NULL",
+        "action.aged_hold_request",
+        "action.usr_circ_history",
+        "actor.usr WHERE usrname LIKE '%-PURGED-%'",
     ]
     .iter()
-    .enumerate()
-    {
-        out[i] = db
-            .int(&format!(
-                "SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes WHERE class = '{class}'"
-            ))
-            .await
-            .unwrap_or(0);
-    }
-    out
+    .map(|w| format!("SELECT COUNT(*) FROM {w}"))
+    .collect()
 }
 
 /// No transaction half done: no chain partly aged (an aged circulation whose parent is
@@ -327,9 +334,8 @@ async fn sigkill_at_random_moments_on_postgresql_leaves_the_ledger_equal_to_what
             let wait_for = rng.random_range(1..40);
             last_killed = run_and_kill(&cfg, wait_for);
             killed += usize::from(last_killed);
-            let now = evergreen_done(&db).await;
+            let (now, ledger) = evergreen_done_and_ledger(&db).await;
             let done: Vec<i64> = now.iter().zip(before).map(|(n, b)| n - b).collect();
-            let ledger = evergreen_ledger(&db).await;
             assert_eq!(
                 measured(&ledger, keep),
                 measured(&done, keep),
@@ -358,10 +364,10 @@ async fn sigkill_at_random_moments_on_postgresql_leaves_the_ledger_equal_to_what
             assert!(notices >= 1, "the report tells of the interrupted run: {j}");
         }
         assert_eq!(db.count("lethe_runs WHERE status = 'running'").await, 0);
-        let now = evergreen_done(&db).await;
+        let (now, ledger) = evergreen_done_and_ledger(&db).await;
         let done: Vec<i64> = now.iter().zip(before).map(|(n, b)| n - b).collect();
         assert_eq!(
-            measured(&evergreen_ledger(&db).await, keep),
+            measured(&ledger, keep),
             measured(&done, keep),
             "seed {seed}, after phase {phase}"
         );

@@ -83,28 +83,39 @@ fn config_file(dir: &Path, url: &str, cron: &str, batch: u32, classes: &str) -> 
     path
 }
 
-/// Rows changed so far: for the Koha library, history rows pointing at the anonymous
-/// patron; for the PostgreSQL table, sessions without a patron.
-async fn changed_rows(db: &TestDb, anon: i64) -> i64 {
+/// The SQL that counts the rows changed so far: for the Koha library, history rows
+/// pointing at the anonymous patron with no note left; for the PostgreSQL table,
+/// sessions without a patron.
+fn changed_sql(db: &TestDb, anon: i64) -> Vec<String> {
     match db.raw {
-        Raw::Postgres(_) => db.count("web_sessions WHERE patron_id IS NULL").await,
-        _ => {
-            db.count(&format!(
-                "old_issues WHERE borrowernumber = {anon} AND note IS NULL"
-            ))
-            .await
-                + db.count(&format!(
-                    "old_reserves WHERE borrowernumber = {anon} AND reservenotes IS NULL"
-                ))
-                .await
+        Raw::Postgres(_) => {
+            vec!["SELECT COUNT(*) FROM web_sessions WHERE patron_id IS NULL".into()]
         }
+        _ => vec![
+            format!(
+                "SELECT COUNT(*) FROM old_issues WHERE borrowernumber = {anon} AND note IS NULL"
+            ),
+            format!(
+                "SELECT COUNT(*) FROM old_reserves WHERE borrowernumber = {anon} AND reservenotes IS NULL"
+            ),
+        ],
     }
 }
 
-async fn ledger_total(db: &TestDb) -> i64 {
-    db.int("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes")
-        .await
-        .unwrap_or(0)
+/// Rows changed so far (see [`changed_sql`]).
+async fn changed_rows(db: &TestDb, anon: i64) -> i64 {
+    db.ints(&changed_sql(db, anon)).await.iter().sum()
+}
+
+/// Rows changed so far and the ledger's total, read in one statement (one snapshot): a
+/// server session of a killed worker may still commit its last batch between two
+/// separate reads.
+async fn changed_and_ledger(db: &TestDb, anon: i64) -> (i64, i64) {
+    let mut sqls = changed_sql(db, anon);
+    sqls.push("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes".into());
+    let v = db.ints(&sqls).await;
+    let (ledger, changed) = v.split_last().unwrap_or((&0, &[]));
+    (changed.iter().sum(), *ledger)
 }
 
 /// The statuses of the ledger's run entries, oldest first.
@@ -342,9 +353,10 @@ async fn two_runs_started_together_one_enforces_the_other_skips(db: TestDb) {
         .iter()
         .map(|c| c["eligible"].as_u64().unwrap())
         .sum();
-    let changed = changed_rows(&db, anon).await - before;
+    let (now, ledger) = changed_and_ledger(&db, anon).await;
+    let changed = now - before;
     assert_eq!(affected, eligible, "{ok}");
-    assert_eq!(ledger_total(&db).await, changed);
+    assert_eq!(ledger, changed);
     assert_eq!(changed as u64, affected);
     assert_eq!(
         outbox_files(dir.path()),
@@ -668,35 +680,36 @@ async fn a_killed_lock_holder_is_taken_over_at_the_next_scheduled_run(db: TestDb
         |t, l| l.contains("run started").then_some(t),
     );
     let standby = 1 - holder;
+    // The standby's answer to that same fire time, and 20 batches of the holder, before
+    // the kill: a standby slowed down by a loaded machine could otherwise try the lock
+    // only after the kill had freed it, and rightly run.
+    let standby_done = |t: usize, l: &str| t == standby && l.contains("scheduled run finished");
+    let mut first = log
+        .iter()
+        .find(|(t, l)| standby_done(*t, l))
+        .map(|(_, l)| l.clone());
     let mut batches = 0;
     wait_line(
         &rx,
         &mut log,
-        "20 committed batches",
-        Duration::from_secs(30),
+        "20 committed batches and the standby's answer",
+        Duration::from_secs(60),
         |t, l| {
             batches += usize::from(t == holder && l.contains("batch committed"));
-            (batches == 20).then_some(())
+            if first.is_none() && standby_done(t, l) {
+                first = Some(l.to_string());
+            }
+            (batches >= 20 && first.is_some()).then_some(())
         },
     );
+    let first = first.unwrap_or_default();
     daemons[holder].sigkill();
     let killed_at = Instant::now();
-    let mid_run = changed_rows(&db, anon).await - before;
+    let (now, ledger) = changed_and_ledger(&db, anon).await;
+    let mid_run = now - before;
     assert!(mid_run > 0, "the holder committed a batch before the kill");
-    assert_eq!(ledger_total(&db).await, mid_run);
+    assert_eq!(ledger, mid_run);
     assert_eq!(run_statuses(&db).await, ["running"], "killed mid-run");
-    // The standby's answer to that same fire time (logged before or after the kill).
-    let standby_done = |t: usize, l: &str| t == standby && l.contains("scheduled run finished");
-    let first = match log.iter().find(|(t, l)| standby_done(*t, l)) {
-        Some((_, l)) => l.clone(),
-        None => wait_line(
-            &rx,
-            &mut log,
-            "the standby's skip",
-            Duration::from_secs(30),
-            |t, l| standby_done(t, l).then(|| l.to_string()),
-        ),
-    };
     assert!(
         first.contains("skipped"),
         "the standby skipped the minute the holder had: {first}"
@@ -735,7 +748,7 @@ async fn a_killed_lock_holder_is_taken_over_at_the_next_scheduled_run(db: TestDb
         &rx,
         &mut log,
         "the takeover's end",
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         |t, l| (t == standby && l.contains("scheduled run finished")).then(|| l.to_string()),
     );
     assert!(
@@ -752,8 +765,9 @@ async fn a_killed_lock_holder_is_taken_over_at_the_next_scheduled_run(db: TestDb
     assert_eq!(code, Some(0));
 
     assert_eq!(run_statuses(&db).await, ["interrupted", "ok"]);
-    let changed = changed_rows(&db, anon).await - before;
-    assert_eq!(ledger_total(&db).await, changed);
+    let (now, ledger) = changed_and_ledger(&db, anon).await;
+    let changed = now - before;
+    assert_eq!(ledger, changed);
     assert_eq!(plan_eligible(&cfg), 0, "the takeover finished the work");
     let v = Command::new(LETHE)
         .args(["--config", cfg.to_str().unwrap(), "ledger", "verify"])
