@@ -159,7 +159,8 @@ pub fn condition(class: &ClassDef, c: &Condition, b: &Bindings) -> SqCond {
             sub.expr(Expr::val(1))
                 .from_as(table_ref(table), Alias::new(OTHER))
                 .and_where(ocol(column).eq(tcol(&class.table, matches)));
-            if let Some((from, to)) = b.key_range.filter(|_| *matches == class.batch_key()) {
+            let bounded = *matches == class.batch_key() && b.backend == Backend::Postgres;
+            if let Some((from, to)) = b.key_range.filter(|_| bounded) {
                 // `other.column = table.key` and the batch's `key >= from AND key < to`
                 // imply the same bounds on `other.column`; PostgreSQL does not carry
                 // them through an anti-join by itself. Without them, Evergreen's
@@ -167,6 +168,14 @@ pub fn condition(class: &ClassDef, c: &Condition, b: &Bindings) -> SqCond {
                 // a merge anti-join reading circ_parent_idx from its first entry up to
                 // the range, in every batch: 9.5 ms at id 100k, 90 ms at id 950k, and
                 // 2.5 ms bounded (BENCHMARKS.md, "PostgreSQL: the chain-tail scope").
+                // PostgreSQL only: there a column that compares equal to the integer
+                // key compares with integer bounds the same way (a text column is an
+                // error in the equality already). SQLite compares a TEXT-affinity
+                // column with a bound integer as text ('1000' < '999'), while the
+                // equality with the INTEGER key compares numerically: the bounds would
+                // hide a matching row, and an exemption such as a fee still owed would
+                // stop protecting it. MariaDB and SQLite plan these subqueries as
+                // index lookups per row, which need no bounds.
                 sub.and_where(ocol(column).gte(from))
                     .and_where(ocol(column).lt(to));
             }
@@ -1320,7 +1329,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_bounds_subqueries_that_match_its_key_and_no_others() {
+    fn a_postgresql_batch_bounds_subqueries_that_match_its_key_and_no_others() {
         let (class, b) = visits_class(
             "    scope:\n      - not_exists: { table: visits, column: parent_id, matches: id }\n    \
              exempt:\n      - reason: obligations\n        \
@@ -1328,18 +1337,27 @@ mod tests {
             false,
         );
         let bounds = r#""lethe_o"."parent_id" >= 100 AND "lethe_o"."parent_id" < 200"#;
+        // SQLite: never bounded (a TEXT-affinity column compares with integer bounds as
+        // text, so they could hide the row the equality finds).
         let sql = eligible_keys_query(&class, &b.within(100, 200), 100, 200)
             .to_string(sea_query::SqliteQueryBuilder);
+        assert!(!sql.contains(r#""lethe_o"."parent_id" >="#), "{sql}");
+        let b = Bindings {
+            backend: Backend::Postgres,
+            ..b
+        };
+        let sql = eligible_keys_query(&class, &b.within(100, 200), 100, 200)
+            .to_string(sea_query::PostgresQueryBuilder);
         assert!(sql.contains(bounds), "{sql}");
         // The fee lookup matches the patron, not the key: no bounds on it.
         assert!(!sql.contains(r#""lethe_o"."member_id" >="#), "{sql}");
         assert!(!sql.contains(r#""lethe_o"."member_id" <"#), "{sql}");
         // Outside a batch (counts, plan) nothing is bounded.
-        let count = eligible_count_query(&class, &b).to_string(sea_query::SqliteQueryBuilder);
+        let count = eligible_count_query(&class, &b).to_string(sea_query::PostgresQueryBuilder);
         assert!(!count.contains(r#""lethe_o"."parent_id" >="#), "{count}");
         // The key-list form's keys all lie in the batch's range: same bounds.
         let d = delete_statement(&class, &b.within(100, 200), &[101, 150])
-            .to_string(sea_query::SqliteQueryBuilder);
+            .to_string(sea_query::PostgresQueryBuilder);
         assert!(d.contains(bounds), "{d}");
     }
 

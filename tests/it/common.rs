@@ -273,31 +273,23 @@ impl TestDb {
             .map(|s| format!("CAST(({s}) AS {ty})"))
             .collect();
         let q = format!("SELECT {}", cols.join(", "));
+        // One arm per pool type: the rows differ in type, the reading does not.
+        macro_rules! one_row {
+            ($pool:expr) => {
+                sqlx::query(AssertSqlSafe(q.clone()))
+                    .fetch_one($pool)
+                    .await
+                    .map(|r| {
+                        (0..sqls.len())
+                            .map(|i| r.get::<Option<i64>, _>(i))
+                            .collect()
+                    })
+            };
+        }
         let row = match &self.raw {
-            Raw::Sqlite(p) => sqlx::query(AssertSqlSafe(q.clone()))
-                .fetch_one(p)
-                .await
-                .map(|r| {
-                    (0..sqls.len())
-                        .map(|i| r.get::<Option<i64>, _>(i))
-                        .collect()
-                }),
-            Raw::MySql(p) => sqlx::query(AssertSqlSafe(q.clone()))
-                .fetch_one(p)
-                .await
-                .map(|r| {
-                    (0..sqls.len())
-                        .map(|i| r.get::<Option<i64>, _>(i))
-                        .collect()
-                }),
-            Raw::Postgres(p) => sqlx::query(AssertSqlSafe(q.clone()))
-                .fetch_one(p)
-                .await
-                .map(|r| {
-                    (0..sqls.len())
-                        .map(|i| r.get::<Option<i64>, _>(i))
-                        .collect()
-                }),
+            Raw::Sqlite(p) => one_row!(p),
+            Raw::MySql(p) => one_row!(p),
+            Raw::Postgres(p) => one_row!(p),
         };
         let row: Vec<Option<i64>> = row.unwrap_or_else(|e| panic!("{q}: {e}"));
         row.into_iter().map(|v| v.unwrap_or(0)).collect()

@@ -662,6 +662,62 @@ async fn class_declared_in_yaml_on_a_non_koha_table(db: TestDb) {
     assert_eq!(db.count("web_sessions").await, 2);
 }
 
+both_backends!(an_exemption_matching_the_key_through_a_text_column_keeps_its_row);
+/// An exemption that matches the class's key through a column of another type (a
+/// schema mapped in YAML that keeps the session id as text) still protects its row
+/// inside a batch. Regression: batches bounded such subqueries by the batch's integer
+/// key range; SQLite compares a TEXT-affinity column with an integer bound as text
+/// ('1000' >= '999' is false), while the equality with the key compares numerically,
+/// so the bounds hid the fee still owed and its session was deleted.
+async fn an_exemption_matching_the_key_through_a_text_column_keeps_its_row(db: TestDb) {
+    koha_reference(&db, None).await;
+    let ddl = match db.backend {
+        lethe::config::Backend::MySql => [
+            "CREATE TABLE web_sessions (id INT NOT NULL PRIMARY KEY, member_id INT NULL, last_seen DATETIME NULL) ENGINE=InnoDB",
+            "CREATE TABLE session_fees (session_ref VARCHAR(20) NOT NULL, owed INT NOT NULL) ENGINE=InnoDB",
+        ],
+        _ => [
+            "CREATE TABLE web_sessions (id INTEGER PRIMARY KEY, member_id INTEGER NULL, last_seen DATETIME NULL)",
+            "CREATE TABLE session_fees (session_ref TEXT NOT NULL, owed INTEGER NOT NULL)",
+        ],
+    };
+    for sql in ddl {
+        db.exec(sql).await;
+    }
+    // Ids on both sides of a change in digit count, all in one batch: 995..1005.
+    for id in 995..1005 {
+        db.insert(
+            "web_sessions",
+            &[
+                ("id", i(id)),
+                ("member_id", i(10)),
+                ("last_seen", s("2026-01-01 00:00:00")),
+            ],
+        )
+        .await;
+    }
+    for (session, owed) in [("1000", 5), ("1003", 0)] {
+        db.insert(
+            "session_fees",
+            &[("session_ref", s(session)), ("owed", i(owed))],
+        )
+        .await;
+    }
+    let extra = "classes:\n  circulation_history: { enabled: false }\n  holds_history: { enabled: false }\n  \
+                 expired_patrons: { enabled: false }\n  web_sessions:\n    table: web_sessions\n    key: id\n    \
+                 patron: member_id\n    age: { columns: [last_seen], type: datetime }\n    retain: 90 days\n    \
+                 action: delete\n    exempt:\n      - reason: obligations\n        \
+                 exists: { table: session_fees, column: session_ref, matches: id, where: [ { column: owed, gt: 0 } ] }\n";
+    let cfg = db.config(extra);
+    let p = plan_at(&cfg, now()).await;
+    let c = class(&p, "web_sessions");
+    assert_eq!((c.eligible, c.kept.obligations), (9, 1), "{c:?}");
+    let r = run_at(&cfg, now(), true).await;
+    assert_eq!(class(&r, "web_sessions").affected, 9);
+    assert_eq!(db.count("web_sessions").await, 1);
+    assert_eq!(db.count("web_sessions WHERE id = 1000").await, 1);
+}
+
 both_backends!(unknown_column_stops_before_touching);
 async fn unknown_column_stops_before_touching(db: TestDb) {
     koha_reference(&db, None).await;
