@@ -72,6 +72,10 @@ struct Args {
     /// method takes about a quarter of an hour.
     #[arg(long)]
     skip_ranges: bool,
+    /// Measure only `plan`, the bare count and (a), Lethe's run: for trying a change to
+    /// Lethe between full runs (no (b), (c), (d), so no ratios)
+    #[arg(long)]
+    lethe_only: bool,
     /// Koha shape (mysql, sqlite): index `checkout_renewals.checkout_id`, as `lethe check
     /// --create-indexes` does on the advice for a linked column (Koha has no index
     /// there), so that Lethe finds each batch's renewals by that column, not by patron
@@ -592,6 +596,9 @@ async fn measure<B: Bench>(
 
             // (b) and (c), each on fresh data.
             let step = args.range.unwrap_or(u64::from(args.batch_size.unwrap_or(1000)));
+            if args.lethe_only {
+                continue;
+            }
             let methods: &[&'static str] = if args.skip_ranges {
                 &["b-single"]
             } else {
