@@ -594,11 +594,11 @@ async fn measure<B: Bench>(
                 peak_rss_mib: Some(mib(run.maxrss_kib)),
             });
 
-            // (b) and (c), each on fresh data.
-            let step = args.range.unwrap_or(u64::from(args.batch_size.unwrap_or(1000)));
             if args.lethe_only {
                 continue;
             }
+            // (b) and (c), each on fresh data.
+            let step = args.range.unwrap_or(u64::from(args.batch_size.unwrap_or(1000)));
             let methods: &[&'static str] = if args.skip_ranges {
                 &["b-single"]
             } else {

@@ -19,6 +19,30 @@ pub fn now() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 6, 15, 12, 0, 0).unwrap()
 }
 
+/// The two counts of Koha rows anonymized so far, for [`TestDb::ints`]: old_issues and
+/// old_reserves rows that point to the anonymous patron `anon` and carry no note
+/// (anonymizing clears the notes too, also on rows given to the anonymous patron
+/// earlier).
+pub fn koha_anonymized_sql(anon: i64) -> [String; 2] {
+    [
+        format!("SELECT COUNT(*) FROM old_issues WHERE borrowernumber = {anon} AND note IS NULL"),
+        format!(
+            "SELECT COUNT(*) FROM old_reserves WHERE borrowernumber = {anon} AND reservenotes IS NULL"
+        ),
+    ]
+}
+
+/// The ledger's count of rows changed, for [`TestDb::ints`]: of `class`, or of every
+/// class.
+pub fn ledger_sql(class: Option<&str>) -> String {
+    match class {
+        Some(c) => {
+            format!("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes WHERE class = '{c}'")
+        }
+        None => "SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes".to_string(),
+    }
+}
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A test database and a raw pool to seed and inspect it.

@@ -37,27 +37,13 @@ fn config_file(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     path
 }
 
-/// Rows anonymized so far (old_issues and old_reserves rows that point to the
-/// anonymous patron and carry no note: anonymizing clears the notes too, also on rows
-/// given to the anonymous patron earlier) and the ledger's total, read in one statement
+/// Rows anonymized so far ([`koha_anonymized_sql`]) and the ledger's total, read in one statement
 /// (one snapshot): a server session of the killed process may still commit its last
 /// batch between two separate reads.
 async fn anonymized_and_ledger(db: &TestDb, anon: i64) -> (i64, i64) {
-    let mut sqls = anonymized_sql(anon);
-    sqls.push("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes".to_string());
-    let v = db.ints(&sqls).await;
+    let [issues, reserves] = koha_anonymized_sql(anon);
+    let v = db.ints(&[issues, reserves, ledger_sql(None)]).await;
     (v[0] + v[1], v[2])
-}
-
-/// The two counts of [`anonymized_and_ledger`]'s rows (before the first run there is
-/// no ledger to read).
-fn anonymized_sql(anon: i64) -> Vec<String> {
-    vec![
-        format!("SELECT COUNT(*) FROM old_issues WHERE borrowernumber = {anon} AND note IS NULL"),
-        format!(
-            "SELECT COUNT(*) FROM old_reserves WHERE borrowernumber = {anon} AND reservenotes IS NULL"
-        ),
-    ]
 }
 
 /// Runs `lethe run --once` and kills it with SIGKILL after `wait_for` lines that say a
@@ -111,7 +97,7 @@ async fn sigkill_at_random_moments_leaves_the_ledger_equal_to_what_was_done(db: 
         Raw::Postgres(_) => unreachable!("the Koha-shaped crash test runs on SQLite and MariaDB"),
     };
     let anon = stats.anonymous_patron;
-    let before: i64 = db.ints(&anonymized_sql(anon)).await.iter().sum();
+    let before: i64 = db.ints(&koha_anonymized_sql(anon)).await.iter().sum();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_file(dir.path(), &db.url);
     let seed: u64 = rand::rng().random();
@@ -217,17 +203,19 @@ async fn evergreen_done_and_ledger(db: &TestDb) -> ([i64; 4], [i64; 4]) {
         "reading_history",
         "expired_patrons",
     ] {
-        sqls.push(format!(
-            "SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes WHERE class = '{class}'"
-        ));
+        sqls.push(ledger_sql(Some(class)));
     }
     let v = db.ints(&sqls).await;
-    ([v[0], v[1], -v[2], v[3]], [v[4], v[5], v[6], v[7]])
+    (evergreen_done_of(&v), [v[4], v[5], v[6], v[7]])
 }
 
 /// What the data says was done, before the first run (no ledger yet).
 async fn evergreen_done(db: &TestDb) -> [i64; 4] {
-    let v = db.ints(&evergreen_done_sql()).await;
+    evergreen_done_of(&db.ints(&evergreen_done_sql()).await)
+}
+
+/// [`evergreen_done_sql`]'s counts as done per class (reading history: rows gone).
+fn evergreen_done_of(v: &[i64]) -> [i64; 4] {
     [v[0], v[1], -v[2], v[3]]
 }
 

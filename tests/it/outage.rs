@@ -516,20 +516,8 @@ impl Library {
     /// Rows pointing to the anonymous patron with no note left, per table (direct
     /// connection): anonymizing clears the notes too.
     async fn anonymized(&self) -> (i64, i64) {
-        (
-            self.db
-                .count(&format!(
-                    "old_issues WHERE borrowernumber = {} AND note IS NULL",
-                    self.anon
-                ))
-                .await,
-            self.db
-                .count(&format!(
-                    "old_reserves WHERE borrowernumber = {} AND reservenotes IS NULL",
-                    self.anon
-                ))
-                .await,
-        )
+        let v = self.db.ints(&koha_anonymized_sql(self.anon)).await;
+        (v[0], v[1])
     }
 
     /// Rows changed so far, per table, from the data.
@@ -541,24 +529,14 @@ impl Library {
     /// The ledger equals the data, class by class, both read in one statement (one
     /// snapshot): a session whose client is gone may still commit between two reads.
     async fn assert_ledger_equals_data(&self, when: &str) -> (i64, i64) {
-        let of = |class: &str| {
-            format!(
-                "SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes WHERE class = '{class}'"
-            )
-        };
+        let [issues, reserves] = koha_anonymized_sql(self.anon);
         let v = self
             .db
             .ints(&[
-                of("circulation_history"),
-                of("holds_history"),
-                format!(
-                    "SELECT COUNT(*) FROM old_issues WHERE borrowernumber = {} AND note IS NULL",
-                    self.anon
-                ),
-                format!(
-                    "SELECT COUNT(*) FROM old_reserves WHERE borrowernumber = {} AND reservenotes IS NULL",
-                    self.anon
-                ),
+                ledger_sql(Some("circulation_history")),
+                ledger_sql(Some("holds_history")),
+                issues,
+                reserves,
             ])
             .await;
         let ledger = (v[0], v[1]);

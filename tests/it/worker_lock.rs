@@ -91,14 +91,7 @@ fn changed_sql(db: &TestDb, anon: i64) -> Vec<String> {
         Raw::Postgres(_) => {
             vec!["SELECT COUNT(*) FROM web_sessions WHERE patron_id IS NULL".into()]
         }
-        _ => vec![
-            format!(
-                "SELECT COUNT(*) FROM old_issues WHERE borrowernumber = {anon} AND note IS NULL"
-            ),
-            format!(
-                "SELECT COUNT(*) FROM old_reserves WHERE borrowernumber = {anon} AND reservenotes IS NULL"
-            ),
-        ],
+        _ => koha_anonymized_sql(anon).to_vec(),
     }
 }
 
@@ -112,7 +105,7 @@ async fn changed_rows(db: &TestDb, anon: i64) -> i64 {
 /// separate reads.
 async fn changed_and_ledger(db: &TestDb, anon: i64) -> (i64, i64) {
     let mut sqls = changed_sql(db, anon);
-    sqls.push("SELECT COALESCE(SUM(affected), 0) FROM lethe_run_classes".into());
+    sqls.push(ledger_sql(None));
     let v = db.ints(&sqls).await;
     let (ledger, changed) = v.split_last().unwrap_or((&0, &[]));
     (changed.iter().sum(), *ledger)
