@@ -201,6 +201,18 @@ pub struct Db {
 /// second of Lethe's writes and copies a page changed by several batches once.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// Whether `e` is SQLite's SQLITE_BUSY ("database is locked"), primary code 5, with
+/// any extended code (SQLITE_BUSY_RECOVERY, SQLITE_BUSY_SNAPSHOT, …).
+fn sqlite_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 5),
+        _ => false,
+    }
+}
+
 /// The default of `safety.statement_timeout`: 5 minutes. Lethe's statements are
 /// batches of at most `safety.batch_size` keys and counts over one table; a statement
 /// taking longer than this on a library's database is stuck, or its answer is lost.
@@ -526,12 +538,27 @@ impl Db {
                     .pragma("wal_autocheckpoint", "0")
                     .busy_timeout(limit.min(Duration::from_secs(30)))
                     .statement_cache_capacity(STATEMENT_CACHE);
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(2)
-                    .acquire_timeout(timeout)
-                    .connect_with(opts)
-                    .await
-                    .map_err(fail)?;
+                // Opening can answer SQLITE_BUSY at once, without waiting out the
+                // busy timeout: switching a rollback-journal file (as Koha's demo and
+                // other tools leave it) to WAL while another process opens it too,
+                // e.g. two replicas' daemons starting together. Retry for as long as
+                // the busy timeout would have waited; nothing is written before.
+                let busy_until = std::time::Instant::now() + limit.min(Duration::from_secs(30));
+                let pool = loop {
+                    match SqlitePoolOptions::new()
+                        .max_connections(2)
+                        .acquire_timeout(timeout)
+                        .connect_with(opts.clone())
+                        .await
+                    {
+                        Ok(pool) => break pool,
+                        Err(e) if sqlite_busy(&e) && std::time::Instant::now() < busy_until => {
+                            tracing::debug!(error = %e, "SQLite file busy while opening; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => return Err(fail(e)),
+                    }
+                };
                 Pool::Sqlite(pool)
             }
             Backend::MySql => {
